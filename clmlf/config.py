@@ -1,0 +1,371 @@
+"""Typed run configuration: a model config inside a train config, validated when built.
+
+Both round-trip to one flat dict with dotted keys (`model.fusion_layers`): that dict is what MLflow logs as
+params, what a Tune search space overrides and what an exported best configuration holds. Every default sits
+here once, with its reason; presets and per-data-set settings are small diffs against these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clmlf.encoders import IMAGE_ENCODERS, image_weights_problem, text_encoder_width
+
+VARIANTS = ("full", "mlf", "mlf-lbcl", "mlf-dbcl", "text-only", "image-only")
+LBCL_VARIANTS = ("paper", "original")
+IMAGE_POLICIES = ("error", "skip", "blank")
+SELECTION_METRICS = ("dataset-default", "acc", "f1_weighted", "f1_macro")
+LR_SCHEDULES = ("constant", "linear")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    # Paper settings (DESIGN.md section 1): bert-base-uncased text, frozen ImageNet ResNet-50 image.
+    text_encoder: str = "bert-base-uncased"
+    image_encoder: str = "resnet50"
+    # "imagenet" (torchvision's weights, downloaded and cached by torchvision), "none", or a local .pth file.
+    image_weights: str = "imagenet"
+    # 224 px after resizing to 256 and centre-cropping, as in the original code.
+    image_size: int = 224
+    # MVSA-Single's 3-2 (fusion-image); other data sets override through DATASET_SETTINGS.
+    fusion_layers: int = 3
+    image_layers: int = 2
+    heads: int = 12
+    # Feed-forward width as a multiple of the fusion width: 4D like BERT.
+    feedforward_multiplier: int = 4
+    dropout: float = 0.1
+    # The paper keeps ResNet-50 frozen for the whole run.
+    freeze_image_encoder: bool = True
+    variant: str = "full"
+
+    @property
+    def uses_text(self) -> bool:
+        return self.variant != "image-only"
+
+    @property
+    def uses_images(self) -> bool:
+        return self.variant != "text-only"
+
+    @property
+    def uses_lbcl(self) -> bool:
+        return self.variant in ("full", "mlf-lbcl")
+
+    @property
+    def uses_dbcl(self) -> bool:
+        return self.variant in ("full", "mlf-dbcl")
+
+    def validate(self) -> None:
+        _require(self.variant in VARIANTS, "model.variant", f"{self.variant!r} is not one of {VARIANTS}")
+        _require(
+            self.image_encoder in IMAGE_ENCODERS,
+            "model.image_encoder",
+            f"unknown image encoder {self.image_encoder!r}; known: {sorted(IMAGE_ENCODERS)}",
+        )
+        weights_problem = image_weights_problem(self.image_weights)
+        _require(weights_problem is None, "model.image_weights", weights_problem or "")
+        _require(bool(self.text_encoder.strip()), "model.text_encoder", "must name a model or a folder")
+        _require(self.image_size >= 32, "model.image_size", f"must be >= 32 pixels, got {self.image_size}")
+        _require(self.fusion_layers >= 1, "model.fusion_layers", f"must be >= 1, got {self.fusion_layers}")
+        _require(self.image_layers >= 1, "model.image_layers", f"must be >= 1, got {self.image_layers}")
+        _require(self.heads >= 1, "model.heads", f"must be >= 1, got {self.heads}")
+        _require(self.feedforward_multiplier >= 1, "model.feedforward_multiplier", "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        width = text_encoder_width(self.text_encoder)
+        if width is not None:
+            _require(
+                width % self.heads == 0,
+                "model.heads",
+                f"the fusion width {width} (from {self.text_encoder}) is not divisible by {self.heads} heads",
+            )
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mvsa-single"
+    # None: the data set's default place (the demo set is generated into a cache folder).
+    data_root: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    # The original scripts train 20 epochs with the text encoder frozen, then 30 with it fine-tuned.
+    frozen_text_epochs: int = 20
+    finetune_epochs: int = 30
+    # AdamW at 2e-5 for every parameter group in the paper; betas/eps are torch's defaults (0.9/0.999, 1e-8).
+    learning_rate: float = 2e-5
+    text_learning_rate: float = 2e-5
+    image_learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    # The original computes a warmup and never applies it; here it is applied when > 0.
+    warmup_ratio: float = 0.0
+    lr_schedule: str = "constant"
+    # tau and the loss weights of Eq. 11; floats so that fractional weights can be searched.
+    temperature: float = 0.07
+    lbcl_weight: float = 1.0
+    dbcl_weight: float = 1.0
+    lbcl_variant: str = "paper"
+    # MVSA tweets stay under 64 word pieces; HFM has a longer tail.
+    max_text_length: int = 128
+    # RandAugment with 2 ops at magnitude 14 plus a horizontal flip, as the original code.
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 14
+    # The original code also augments the training copy of each image (not only the DBCL view).
+    augment_original_images: bool = True
+    image_policy: str = "error"
+    # "dataset-default": weighted-F1 for MVSA and macro-F1 for HFM, as the paper reports them.
+    selection_metric: str = "dataset-default"
+    # Frozen encoders' outputs computed once and shared by every trial of a study (clmlf/features.py). Off for
+    # a plain run, which then sees a fresh augmentation every epoch instead of a bank of augmented_views.
+    feature_cache: bool = False
+    # K augmented views per training image in the cache: K + 1 backbone passes per image once, against how many
+    # distinct augmentations training draws from. DBCL draws two different views per image and epoch.
+    augmented_views: int = 4
+    # None: $CLMLF_CACHE_DIR/features (~/.cache/clmlf/features); local disk of the node, shared by its trials.
+    feature_cache_dir: str | None = None
+    # 0 = the whole training split each epoch; a bound is for benchmarks and GPU checks.
+    max_train_batches: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    # bf16 autocast on CUDA; CPU runs in fp32.
+    mixed_precision: bool = True
+
+    @property
+    def epochs(self) -> int:
+        return self.frozen_text_epochs + self.finetune_epochs
+
+    @property
+    def uses_lbcl(self) -> bool:
+        return self.model.uses_lbcl and self.lbcl_weight > 0
+
+    @property
+    def uses_dbcl(self) -> bool:
+        return self.model.uses_dbcl and self.dbcl_weight > 0
+
+    def validate(self) -> None:
+        self.model.validate()
+        _require(bool(self.dataset), "dataset", "must name a data set")
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(self.batch_size >= 2, "batch_size", f"must be >= 2 (contrastive losses), got {self.batch_size}")
+        _require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _require(self.frozen_text_epochs >= 0, "frozen_text_epochs", "must be >= 0")
+        _require(self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0")
+        _require(self.epochs >= 1, "finetune_epochs", "frozen_text_epochs + finetune_epochs must be >= 1")
+        for name in ("learning_rate", "text_learning_rate", "image_learning_rate"):
+            _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
+        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _require(self.lbcl_weight >= 0, "lbcl_weight", f"must be >= 0, got {self.lbcl_weight}")
+        _require(self.dbcl_weight >= 0, "dbcl_weight", f"must be >= 0, got {self.dbcl_weight}")
+        _require(self.lbcl_variant in LBCL_VARIANTS, "lbcl_variant", f"must be one of {LBCL_VARIANTS}")
+        _require(self.max_text_length >= 8, "max_text_length", "must be >= 8")
+        _require(self.randaugment_ops >= 0, "randaugment_ops", "must be >= 0")
+        _require(0 <= self.randaugment_magnitude <= 30, "randaugment_magnitude", "must be in [0, 30]")
+        _require(self.image_policy in IMAGE_POLICIES, "image_policy", f"must be one of {IMAGE_POLICIES}")
+        _require(
+            self.selection_metric in SELECTION_METRICS,
+            "selection_metric",
+            f"must be one of {SELECTION_METRICS}",
+        )
+        _require(self.augmented_views >= 1, "augmented_views", f"must be >= 1, got {self.augmented_views}")
+        _require(self.max_train_batches >= 0, "max_train_batches", "must be >= 0")
+        _require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            "auto|cpu|cuda",
+        )
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        return to_flat_dict(self)
+
+    @classmethod
+    def from_flat_dict(cls, flat: dict[str, Any]) -> TrainConfig:
+        return from_flat_dict(flat)
+
+
+# Per data set paper settings (fusion-image layers, batch size); Figure 3 and section 4.3 of the paper.
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {
+    "mvsa-single": {"model.fusion_layers": 3, "model.image_layers": 2, "batch_size": 32},
+    "mvsa-multiple": {"model.fusion_layers": 4, "model.image_layers": 2, "batch_size": 64},
+    "hfm": {"model.fusion_layers": 5, "model.image_layers": 1, "batch_size": 128},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings: the defaults above plus DATASET_SETTINGS.
+    "paper": {},
+    # Minutes on a 2-core CPU: the packaged pretrained MiniLM (384 wide, 6 heads of 64), a small ResNet without
+    # pretrained weights (none are reachable offline), short phases and a larger step size for the randomly
+    # initialised fusion layers, which would barely move at the paper's 2e-5 in a handful of epochs.
+    "demo": {
+        "model.text_encoder": "all-minilm-l6-v2",
+        "model.image_encoder": "resnet18",
+        "model.image_weights": "none",
+        "model.image_size": 64,
+        "model.fusion_layers": 2,
+        "model.image_layers": 1,
+        "model.heads": 6,
+        "batch_size": 32,
+        "frozen_text_epochs": 3,
+        "finetune_epochs": 1,
+        "learning_rate": 5e-4,
+        "text_learning_rate": 3e-5,
+        "image_learning_rate": 1e-4,
+        "max_text_length": 40,
+    },
+    # Seconds in tests: a randomly initialised 2-layer BERT on the real vocabulary and a 64 px ResNet-18.
+    "tiny": {
+        "model.text_encoder": "tiny-bert",
+        "model.image_encoder": "resnet18",
+        "model.image_weights": "none",
+        "model.image_size": 64,
+        "model.fusion_layers": 1,
+        "model.image_layers": 1,
+        "model.heads": 2,
+        "batch_size": 8,
+        "eval_batch_size": 32,
+        "frozen_text_epochs": 1,
+        "finetune_epochs": 1,
+        "learning_rate": 1e-3,
+        "text_learning_rate": 1e-3,
+        "max_text_length": 24,
+    },
+}
+
+
+def build_config(
+    dataset: str = "mvsa-single",
+    preset: str = "paper",
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults, then the preset's diff (the paper preset adds the data set's layers and batch), then overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    flat = to_flat_dict(TrainConfig())
+    flat["dataset"] = dataset
+    if preset == "paper":
+        flat.update(DATASET_SETTINGS.get(dataset.lower(), {}))
+    flat.update(PRESETS[preset])
+    flat.update(overrides or {})
+    return from_flat_dict(flat)
+
+
+def to_flat_dict(config: TrainConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            for inner in dataclasses.fields(value):
+                flat[f"{item.name}.{inner.name}"] = getattr(value, inner.name)
+        else:
+            flat[item.name] = value
+    return flat
+
+
+def from_flat_dict(flat: dict[str, Any]) -> TrainConfig:
+    """Build and validate a TrainConfig; values may be strings (command line, MLflow params) and are coerced."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    model_known = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    model_hints = typing.get_type_hints(ModelConfig)
+    top: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("model."):
+            name = key.removeprefix("model.")
+            if name not in model_known:
+                raise ConfigError(f"{key}: unknown setting; model settings are {sorted(model_known)}")
+            model[name] = _coerce(key, value, model_hints[name])
+        elif key in known and key != "model":
+            top[key] = _coerce(key, value, hints[key])
+        else:
+            raise ConfigError(f"{key}: unknown setting; known: {sorted(_all_keys())}")
+    config = TrainConfig(model=ModelConfig(**model), **top)
+    config.validate()
+    return config
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, str]:
+    """`key=value` strings from the command line; values are coerced later against the field types."""
+    overrides: dict[str, str] = {}
+    for assignment in assignments:
+        key, separator, value = assignment.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. model.fusion_layers=4")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    """A flat config JSON (result.json's or best_config.json's `config`, or the flat dict itself)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read a config: {error}") from error
+    flat = data.get("config", data) if isinstance(data, dict) else None
+    if not isinstance(flat, dict):
+        raise ConfigError(f"{path}: expected a JSON object of flat config keys")
+    try:
+        return from_flat_dict(flat)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _all_keys() -> list[str]:
+    return list(to_flat_dict(TrainConfig()))
+
+
+def _require(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}: {message}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    allowed = _allowed_types(annotation)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key}: must not be empty")
+    if isinstance(value, str) and type(None) in allowed and value.strip().lower() in ("", "none", "null"):
+        return None
+    base = next(t for t in allowed if t is not type(None))
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.strip().lower() in ("true", "1", "yes")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError("expected true or false")
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer, got a boolean")
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number, got a boolean")
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{key}: cannot use {value!r}: {error}") from error
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)

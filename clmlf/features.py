@@ -1,0 +1,275 @@
+"""A feature cache shared by all trials of a study: frozen encoders run once per data set, not once per trial and epoch.
+
+Two kinds of entry, each in its own folder under `<cache root>/features/`:
+- image features: the frozen backbone's feature map (C, p, p) of every dev/test image (evaluation transform) and,
+  for every training image, view 0 (evaluation transform) plus a bank of K augmented views (RandAugment plus
+  flip, as in training). Each epoch a trial draws its training views from the bank, so K trades disk and build
+  time (K + 1 backbone passes per training image) against how many distinct augmentations training sees.
+- text states: the frozen text encoder's last hidden states of every text (and, for training, back-translation),
+  stored ragged (all tokens of all texts in one array plus offsets). Used only while the text encoder is frozen.
+
+Stored as half-precision `.npy` files opened memory-mapped, so every trial on a node shares one copy in the page
+cache. An entry's folder name is a digest of everything that changes its numbers (the data's content, the
+encoder's actual weights, image size, augmentation settings, K, seed, token ids), so a changed setting can never
+reuse stale features. An entry is built once under a file lock while other trials wait, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from clmlf.data import Post
+from clmlf.loading import EncodedTexts, load_rgb, pad
+
+FORMAT_VERSION = 1
+COMPLETE_MARKER = "COMPLETE"
+BUILD_BATCH = 64
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("CLMLF_CACHE_DIR", Path.home() / ".cache" / "clmlf")) / "features"
+
+
+@dataclass(frozen=True)
+class RaggedStates:
+    """Variable-length token states: rows offsets[i]:offsets[i+1] of `tokens` (T, D) belong to text i."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rows = self.tokens[self.offsets[index] : self.offsets[index + 1]]
+        return torch.from_numpy(np.array(rows, dtype=np.float32))  # (S_i, D)
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """dev/test: (N, C, p, p); train: (N, 1 + K, C, p, p), view 0 being the evaluation transform."""
+
+    splits: dict[str, np.ndarray]
+    augmented_views: int
+
+
+@dataclass(frozen=True)
+class TextStates:
+    texts: dict[str, RaggedStates]
+    translations: RaggedStates | None
+
+
+def state_digest(module: nn.Module) -> str:
+    """A digest of a module's actual weights: a random initialisation under another seed is another encoder."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dataset_digest(files: Sequence[Path], posts: dict[str, Sequence[Post]]) -> str:
+    """The split and translation files' bytes, and each image's id, size and modification time.
+
+    Hashing every image's bytes would cost a read of the whole image folder per trial; size and mtime change
+    whenever an image is replaced.
+    """
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    for split in sorted(posts):
+        for post in posts[split]:
+            digest.update(f"{split}/{post.id}/{post.label}".encode())
+            if post.image_path is not None:
+                status = post.image_path.stat()
+                digest.update(f"{status.st_size}/{status.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _stable_seed(*parts) -> int:
+    # Python's hash() of strings changes between processes; the bank must not.
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def key_digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_entry(folder: Path, build: Callable[[Path], None], log: Callable[[str], None]) -> Path:
+    """The complete folder for this key: built here under a lock, or waited for while another process builds it."""
+    if (folder / COMPLETE_MARKER).is_file():
+        return folder
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
+        if (folder / COMPLETE_MARKER).is_file():
+            return folder
+        started = time.perf_counter()
+        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".building-", dir=folder.parent))
+        try:
+            build(staging)
+            (staging / COMPLETE_MARKER).write_text(json.dumps({"built_seconds": time.perf_counter() - started}))
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log(f"feature cache: built {folder} in {time.perf_counter() - started:.1f} s")
+    return folder
+
+
+def _open_array(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def _write_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+
+
+@torch.no_grad()
+def _backbone_batches(backbone: nn.Module, images: list[torch.Tensor], device: torch.device, autocast) -> np.ndarray:
+    with autocast:
+        features = backbone(torch.stack(images).to(device))  # (B, C, p, p)
+    return features.float().cpu().numpy().astype(np.float16)
+
+
+def image_features(
+    backbone: nn.Module,
+    posts: dict[str, Sequence[Post]],
+    *,
+    dataset_key: str,
+    image_size: int,
+    evaluation: Callable,
+    augmentation: Callable,
+    augmentation_settings: dict,
+    augmented_views: int,
+    seed: int,
+    device: torch.device,
+    autocast,
+    cache_root: Path,
+    log: Callable[[str], None] = print,
+) -> ImageFeatures:
+    key = key_digest(
+        {
+            "kind": "images",
+            "data": dataset_key,
+            "encoder": state_digest(backbone),
+            "image_size": image_size,
+            "augmentation": augmentation_settings,
+            "augmented_views": augmented_views,
+            "seed": seed,
+        }
+    )
+    folder = cache_root / f"images-{key}"
+
+    def build(staging: Path) -> None:
+        backbone.eval()
+        for split, split_posts in posts.items():
+            views = 1 + augmented_views if split == "train" else 1
+            array = None
+            for start in range(0, len(split_posts), BUILD_BATCH):
+                chunk = [load_rgb(post) for post in split_posts[start : start + BUILD_BATCH]]
+                for view in range(views):
+                    if view == 0:
+                        batch = [evaluation(image) for image in chunk]
+                    else:
+                        # Each (batch, view) draws from its own seed, so the bank does not depend on batch order.
+                        torch.manual_seed(_stable_seed(seed, split, start, view))
+                        batch = [augmentation(image) for image in chunk]
+                    features = _backbone_batches(backbone, batch, device, autocast)  # (B, C, p, p)
+                    if array is None:
+                        shape = (len(split_posts), views, *features.shape[1:])
+                        array = _write_array(staging / f"{split}.npy", shape)
+                    array[start : start + len(chunk), view] = features
+            if array is not None:
+                array.flush()
+
+    cached_entry(folder, build, log)
+    splits = {}
+    for split in posts:
+        array = _open_array(folder / f"{split}.npy")
+        splits[split] = array if split == "train" else array[:, 0]
+    return ImageFeatures(splits=splits, augmented_views=augmented_views)
+
+
+def _ragged_states(
+    encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sequences: Sequence[Sequence[int]],
+    pad_token_id: int,
+    width: int,
+    device: torch.device,
+    autocast,
+    path: Path,
+) -> None:
+    lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    tokens = _write_array(path.with_suffix(".tokens.npy"), (int(offsets[-1]), width))
+    # Similar lengths together keep padding, and so wasted encoder work, small.
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), BUILD_BATCH):
+        indices = order[start : start + BUILD_BATCH]
+        ids, mask = pad([sequences[index] for index in indices], pad_token_id)
+        with torch.no_grad(), autocast:
+            states = encoder(ids.to(device), mask.to(device)).float().cpu().numpy()  # (B, S, D)
+        for row, index in enumerate(indices):
+            tokens[offsets[index] : offsets[index + 1]] = states[row, : lengths[index]]
+    tokens.flush()
+    np.save(path.with_suffix(".offsets.npy"), offsets)
+
+
+def _open_ragged(path: Path) -> RaggedStates:
+    return RaggedStates(
+        tokens=_open_array(path.with_suffix(".tokens.npy")), offsets=np.load(path.with_suffix(".offsets.npy"))
+    )
+
+
+def text_states(
+    text_encoder: nn.Module,
+    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    texts: dict[str, EncodedTexts],
+    *,
+    width: int,
+    device: torch.device,
+    autocast,
+    cache_root: Path,
+    log: Callable[[str], None] = print,
+) -> TextStates:
+    ids_digest = hashlib.sha256(
+        json.dumps({split: [encoded.texts, encoded.translations] for split, encoded in sorted(texts.items())}).encode()
+    ).hexdigest()
+    key = key_digest({"kind": "text", "encoder": state_digest(text_encoder), "token_ids": ids_digest})
+    folder = cache_root / f"text-{key}"
+
+    def build(staging: Path) -> None:
+        text_encoder.eval()
+        for split, encoded in texts.items():
+            arguments = (encoded.pad_token_id, width, device, autocast)
+            _ragged_states(encode, encoded.texts, *arguments, staging / f"{split}")
+            if encoded.translations:
+                _ragged_states(encode, encoded.translations, *arguments, staging / f"{split}_translation")
+
+    cached_entry(folder, build, log)
+    translations = None
+    if (folder / "train_translation.offsets.npy").is_file():
+        translations = _open_ragged(folder / "train_translation")
+    return TextStates(texts={split: _open_ragged(folder / split) for split in texts}, translations=translations)

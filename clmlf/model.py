@@ -1,0 +1,174 @@
+"""CLMLF (Li et al., Findings of NAACL 2022), top-down in the paper's order.
+
+B batch, S text tokens, P image tokens (p*p regions + 1 pooled), D fusion width (the text encoder's width),
+C image feature channels. The model returns named outputs and computes no loss (see `losses.py`).
+
+Either modality's encoder output may be passed in precomputed (a study's feature cache): `text_states`
+instead of token ids, `image_features` instead of pixels. Frozen encoders then never run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clmlf.config import ModelConfig
+from clmlf.encoders import ImageBackbone, load_text_encoder, text_encoder_source, text_encoder_width
+
+
+@dataclass
+class ModelInputs:
+    attention_mask: torch.Tensor | None = None  # (B, S), 1 for real tokens
+    input_ids: torch.Tensor | None = None  # (B, S)
+    text_states: torch.Tensor | None = None  # (B, S, D), a frozen text encoder's output
+    images: torch.Tensor | None = None  # (B, 3, H, W)
+    image_features: torch.Tensor | None = None  # (B, C, p, p), a frozen image backbone's output
+
+
+@dataclass
+class ModelOutputs:
+    logits: torch.Tensor  # (B, classes)
+    representation: torch.Tensor  # R~ (B, D), the attention-pooled fused sequence
+    lbcl_projection: torch.Tensor  # (B, D), head of the label-based task (and the anchor side of DBCL)
+    dbcl_projection: torch.Tensor  # (B, D), head applied to the augmented view in DBCL
+
+
+class ImageTokens(nn.Module):
+    """Eq. 1: project the feature map's regions to D and prepend one pooled-image token (B, C, p, p) -> (B, P, D)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.regions = nn.Sequential(nn.Linear(channels, width), nn.GELU())
+        self.pooled = nn.Sequential(nn.Linear(channels, width), nn.GELU())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        regions = self.regions(features.flatten(2).transpose(1, 2))  # (B, C, p*p) -> (B, p*p, D)
+        pooled = self.pooled(features.mean(dim=(2, 3))).unsqueeze(1)  # (B, C) -> (B, 1, D)
+        return torch.cat([pooled, regions], dim=1)  # (B, 1 + p*p, D)
+
+
+def transformer_layers(config: ModelConfig, width: int, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model=width,
+        nhead=config.heads,
+        dim_feedforward=config.feedforward_multiplier * width,
+        dropout=config.dropout,
+        activation="gelu",
+        batch_first=True,
+    )
+    # Nested tensors would return padded positions as zeros in eval but not in training; keep both the same.
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+
+
+class AttentionPooling(nn.Module):
+    """Eq. 6-8: a two-layer MLP scores every token, a softmax over the valid ones weights their sum."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, 1))
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        scores = self.score(tokens).squeeze(-1)  # (B, L, D) -> (B, L)
+        # The paper typesets Eq. 7 wrongly; the intended operation is a softmax over the valid tokens only.
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1).unsqueeze(-1)  # (B, L, 1)
+        return (weights * tokens).sum(dim=1)  # (B, D)
+
+
+class Classifier(nn.Module):
+    """Eq. 9: dropout, D -> D/2, GELU, -> classes."""
+
+    def __init__(self, width: int, classes: int, dropout: float):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, classes)
+        )
+
+    def forward(self, representation: torch.Tensor) -> torch.Tensor:
+        return self.layers(representation)
+
+
+def projection_head(width: int) -> nn.Sequential:
+    """The contrastive tasks' projection heads (the original code has them; the paper does not)."""
+    return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+
+
+class CLMLF(nn.Module):
+    def __init__(self, config: ModelConfig, classes: int):
+        super().__init__()
+        self.config = config
+        # The text encoder is built even for image-only runs: it fixes the fusion width D.
+        self.text_encoder = load_text_encoder(config.text_encoder) if config.uses_text else None
+        width = (
+            self.text_encoder.config.hidden_size
+            if self.text_encoder is not None
+            else _width_from_name(config)
+        )
+        if width % config.heads:
+            raise ValueError(
+                f"model.heads: the fusion width {width} is not divisible by {config.heads} heads"
+            )
+        self.width = width
+        if config.uses_images:
+            self.image_backbone = ImageBackbone(config.image_encoder, config.image_weights, config.image_size)
+            self.image_tokens = ImageTokens(self.image_backbone.channels, width)
+            self.image_transformer = transformer_layers(config, width, config.image_layers)
+        else:
+            self.image_backbone = None
+        # Fusion exists only when both modalities do; the single-modality rows pool their own tokens.
+        self.fusion_transformer = (
+            transformer_layers(config, width, config.fusion_layers)
+            if config.uses_text and config.uses_images
+            else None
+        )
+        self.attention_pooling = AttentionPooling(width)
+        self.classifier = Classifier(width, classes, config.dropout)
+        self.lbcl_head = projection_head(width)
+        self.dbcl_head = projection_head(width)
+
+    @property
+    def image_token_count(self) -> int:
+        return self.image_backbone.token_count if self.image_backbone is not None else 0
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """T (B, S, D)."""
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, inputs: ModelInputs) -> ModelOutputs:
+        sequence: list[torch.Tensor] = []
+        valid: list[torch.Tensor] = []
+        if self.config.uses_text:
+            text = inputs.text_states
+            if text is None:
+                text = self.encode_text(inputs.input_ids, inputs.attention_mask)  # (B, S, D)
+            sequence.append(text)
+            valid.append(inputs.attention_mask.bool())  # (B, S)
+        if self.config.uses_images:
+            features = inputs.image_features
+            if features is None:
+                features = self.image_backbone(inputs.images)  # (B, C, p, p)
+            image = self.image_transformer(self.image_tokens(features))
+            sequence.append(image)  # (B, P, D), Eq. 2-3
+            valid.append(torch.ones(image.shape[:2], dtype=torch.bool, device=image.device))
+        tokens = torch.cat(sequence, dim=1)  # (B, S+P, D)
+        mask = torch.cat(valid, dim=1)  # (B, S+P)
+        if self.fusion_transformer is not None:
+            tokens = self.fusion_transformer(tokens, src_key_padding_mask=~mask)  # Eq. 4-5
+        representation = self.attention_pooling(tokens, mask)  # (B, D)
+        return ModelOutputs(
+            logits=self.classifier(representation),
+            representation=representation,
+            lbcl_projection=self.lbcl_head(representation),
+            dbcl_projection=self.dbcl_head(representation),
+        )
+
+
+def _width_from_name(config: ModelConfig) -> int:
+    width = text_encoder_width(config.text_encoder)
+    if width is None:
+        from transformers import AutoConfig
+
+        width = AutoConfig.from_pretrained(text_encoder_source(config.text_encoder)).hidden_size
+    return width

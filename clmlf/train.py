@@ -1,0 +1,515 @@
+"""The trainer: `train(config, report)` runs standalone and, unchanged, as a Ray Tune trial.
+
+It imports neither Ray nor MLflow: after every epoch it calls `report(metrics, epoch, checkpoint_dir)`, and the
+caller decides where that goes. Two phases: the text encoder is frozen for `frozen_text_epochs`, then fine-tuned;
+the image encoder stays frozen unless the config says otherwise. Frozen encoders run without autograd, in eval
+mode. The epoch is selected on dev; test is evaluated only at epochs that become the selected one, so the test
+numbers reported are those of the selected epoch and test never chooses anything.
+
+Command line: python -m clmlf.train --dataset demo --preset demo --output runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clmlf.augment import augmentation_transform, evaluation_transform
+from clmlf.config import ConfigError, TrainConfig, build_config, load_config_file, parse_overrides
+from clmlf.data import DataError, LoadedDataset, load_dataset
+from clmlf.encoders import EncoderUnavailable, load_tokenizer
+from clmlf.features import dataset_digest, default_cache_root, image_features, text_states
+from clmlf.loading import CachedInputs, EncodedTexts, PostDataset, encode_texts, make_collate, make_loader
+from clmlf.losses import (
+    classification_loss,
+    data_based_contrastive_loss,
+    label_based_contrastive_loss,
+    total_loss,
+)
+from clmlf.metrics import classification_metrics, confusion_matrix, with_prefix
+from clmlf.model import CLMLF, ModelInputs
+
+Report = Callable[[dict[str, Any], int, Path | None], None]
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TrainResult:
+    config: dict[str, Any]
+    selection_metric: str
+    selected_epoch: int
+    dev: dict[str, float]
+    test: dict[str, float]
+    confusion_matrices: dict[str, list[list[int]]]
+    label_names: list[str]
+    data: dict[str, int]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    runtime_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def selection_metric(config: TrainConfig, dataset: LoadedDataset) -> str:
+    """The dev metric that selects the epoch and ranks trials, e.g. `f1_weighted`."""
+    if config.selection_metric == "dataset-default":
+        return dataset.spec.selection_metric
+    return config.selection_metric
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class Run:
+    """Everything one training run holds: data, loaders, model, optimiser, and how a batch becomes losses."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None]):
+        self.config = config
+        self.log = log
+        self.device = resolve_device(config.device)
+        self.dataset = load_dataset(
+            config.dataset,
+            config.data_root,
+            need_images=config.model.uses_images,
+            need_translations=config.uses_dbcl,
+            image_policy=config.image_policy,
+        )
+        log(self.dataset.summary())
+        self.metric = selection_metric(config, self.dataset)
+        seed_everything(config.seed)
+        self.model = CLMLF(config.model, self.dataset.spec.num_classes).to(self.device)
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and config.mixed_precision
+            else nullcontext()
+        )
+        self.loaders = self._build_loaders()
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), weight_decay=config.weight_decay)
+        self.steps_per_epoch = len(self.loaders["train"])
+        if config.max_train_batches:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._learning_rate_factor)
+
+    def _build_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
+        config, model_config = self.config, self.config.model
+        texts = {}
+        pad_token_id = 0
+        if model_config.uses_text:
+            tokenizer = load_tokenizer(model_config.text_encoder)
+            pad_token_id = tokenizer.pad_token_id
+            for split, posts in self.dataset.splits.items():
+                texts[split] = encode_texts(
+                    tokenizer,
+                    posts,
+                    config.max_text_length,
+                    with_translations=split == "train" and config.uses_dbcl,
+                )
+        evaluation = evaluation_transform(model_config.image_size) if model_config.uses_images else None
+        augmentation = (
+            augmentation_transform(model_config.image_size, config.randaugment_ops, config.randaugment_magnitude)
+            if model_config.uses_images
+            else None
+        )
+        cached = self._cached_inputs(texts, evaluation, augmentation) if config.feature_cache else {}
+        self.shuffle_generator = torch.Generator()
+        collate = make_collate(pad_token_id)
+        pin_memory = self.device.type == "cuda"
+        loaders = {}
+        for split, posts in self.dataset.splits.items():
+            training = split == "train"
+            dataset = PostDataset(
+                posts,
+                texts.get(split),
+                image_transform=augmentation if training and config.augment_original_images else evaluation,
+                augmented_image_transform=augmentation,
+                cached=cached.get(split),
+                augmented=training and config.uses_dbcl,
+            )
+            lengths = [len(ids) for ids in texts[split].texts] if split in texts else None
+            loaders[split] = make_loader(
+                dataset,
+                collate,
+                batch_size=config.batch_size if training else config.eval_batch_size,
+                shuffle_generator=self.shuffle_generator if training else None,
+                lengths=lengths,
+                num_workers=config.num_workers,
+                pin_memory=pin_memory,
+            )
+        return loaders
+
+    def _cached_inputs(self, texts: dict[str, EncodedTexts], evaluation, augmentation) -> dict[str, CachedInputs]:
+        """Frozen encoders' outputs from the study's feature cache, for the parts the cache applies to.
+
+        Images: when the image encoder stays frozen. Text: for the text-frozen phase only; fine-tuning takes the
+        full path.
+        """
+        config, model = self.config, self.model
+        root = Path(config.feature_cache_dir) if config.feature_cache_dir else default_cache_root()
+        common = {"device": self.device, "autocast": self.autocast, "cache_root": root, "log": self.log}
+        splits = self.dataset.splits
+        cached = {
+            split: CachedInputs(augment_original_images=config.augment_original_images, seed=config.seed)
+            for split in splits
+        }
+        if model.image_backbone is not None and config.model.freeze_image_encoder:
+            files = [self.dataset.directory / name for name in self.dataset.spec.split_files.values()]
+            bank = image_features(
+                model.image_backbone,
+                splits,
+                dataset_key=dataset_digest(files, splits),
+                image_size=config.model.image_size,
+                evaluation=evaluation,
+                augmentation=augmentation,
+                augmentation_settings={
+                    "randaugment_ops": config.randaugment_ops,
+                    "randaugment_magnitude": config.randaugment_magnitude,
+                },
+                augmented_views=config.augmented_views,
+                seed=config.seed,
+                **common,
+            )
+            for split in splits:
+                cached[split].image_features = bank.splits[split]
+        if model.text_encoder is not None and config.frozen_text_epochs > 0:
+            states = text_states(model.text_encoder, model.encode_text, texts, width=model.width, **common)
+            for split in splits:
+                cached[split].text_states = states.texts[split]
+            cached["train"].translation_states = states.translations
+        return cached
+
+    def _parameter_groups(self) -> list[dict]:
+        model, config = self.model, self.config
+        text = list(model.text_encoder.parameters()) if model.text_encoder is not None else []
+        image = list(model.image_backbone.parameters()) if model.image_backbone is not None else []
+        encoder_ids = {id(parameter) for parameter in text + image}
+        rest = [parameter for parameter in model.parameters() if id(parameter) not in encoder_ids]
+        groups = [{"name": "fusion", "params": rest, "lr": config.learning_rate}]
+        if text:
+            groups.append({"name": "text_encoder", "params": text, "lr": config.text_learning_rate})
+        if image and not config.model.freeze_image_encoder:
+            groups.append({"name": "image_encoder", "params": image, "lr": config.image_learning_rate})
+        return groups
+
+    def _learning_rate_factor(self, step: int) -> float:
+        total = max(1, self.steps_per_epoch * self.config.epochs)
+        warmup = int(self.config.warmup_ratio * total)
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.config.lr_schedule == "linear":
+            return max(0.0, (total - step) / max(1, total - warmup))
+        return 1.0
+
+    def text_frozen(self, epoch: int) -> bool:
+        return epoch < self.config.frozen_text_epochs
+
+    def set_phase(self, epoch: int, training: bool) -> None:
+        """Train mode for what learns; frozen encoders stay in eval mode and get no gradients."""
+        for loader in self.loaders.values():
+            loader.dataset.epoch = epoch
+            loader.dataset.use_text_states = self.text_frozen(epoch)
+        self.model.train(training)
+        if self.model.text_encoder is not None:
+            frozen = self.text_frozen(epoch)
+            self.model.text_encoder.requires_grad_(not frozen)
+            if frozen:
+                self.model.text_encoder.eval()
+        if self.model.image_backbone is not None:
+            frozen = self.config.model.freeze_image_encoder
+            self.model.image_backbone.requires_grad_(not frozen)
+            if frozen:
+                self.model.image_backbone.eval()
+
+    def model_inputs(self, batch: dict[str, torch.Tensor], augmented: bool, epoch: int) -> ModelInputs:
+        """Cached features when the batch has them; else frozen encoders run here, under no_grad."""
+        prefix = "augmented_" if augmented else ""
+        ids = batch.get(f"{prefix}input_ids")
+        mask = batch.get(f"{prefix}attention_mask")
+        images = batch.get(f"{prefix}images")
+        inputs = ModelInputs(
+            attention_mask=mask,
+            input_ids=ids,
+            images=images,
+            text_states=batch.get(f"{prefix}text_states"),
+            image_features=batch.get(f"{prefix}image_features"),
+        )
+        if inputs.text_states is None and ids is not None and self.text_frozen(epoch):
+            with torch.no_grad():
+                inputs.text_states = self.model.encode_text(ids, mask)
+        if inputs.image_features is None and images is not None and self.config.model.freeze_image_encoder:
+            with torch.no_grad():
+                inputs.image_features = self.model.image_backbone(images)
+        return inputs
+
+    def losses(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        config = self.config
+        labels = batch["labels"]
+        outputs = self.model(self.model_inputs(batch, augmented=False, epoch=epoch))
+        terms = {"classification": classification_loss(outputs.logits, labels)}
+        if config.uses_lbcl:
+            terms["lbcl"] = label_based_contrastive_loss(
+                outputs.lbcl_projection, labels, config.temperature, config.lbcl_variant
+            )
+        if config.uses_dbcl:
+            augmented = self.model(self.model_inputs(batch, augmented=True, epoch=epoch))
+            terms["dbcl"] = data_based_contrastive_loss(
+                outputs.lbcl_projection, augmented.dbcl_projection, config.temperature
+            )
+        terms["total"] = total_loss(
+            terms["classification"],
+            terms.get("lbcl"),
+            terms.get("dbcl"),
+            config.lbcl_weight,
+            config.dbcl_weight,
+        )
+        return terms
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        self.set_phase(epoch, training=True)
+        # Each epoch's randomness (order, augmentation, dropout) depends on (seed, epoch) alone, so a resumed
+        # run draws the same numbers as an uninterrupted one.
+        self.shuffle_generator.manual_seed(self.config.seed * 100_003 + epoch)
+        torch.manual_seed(self.config.seed * 100_003 + epoch)
+        sums: dict[str, float] = {}
+        samples = 0
+        started = time.perf_counter()
+        phase = "text-frozen" if self.text_frozen(epoch) else "fine-tune"
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.config.epochs} ({phase})",
+            disable=not progress,
+            leave=False,
+            file=sys.stdout,
+        )
+        for step, batch in enumerate(self.loaders["train"]):
+            if step >= self.steps_per_epoch:
+                break
+            batch = self.to_device(batch)
+            with self.autocast:
+                terms = self.losses(batch, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            size = len(batch["labels"])
+            samples += size
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item() * size
+            bar.set_postfix(loss=f"{terms['total'].item():.3f}")
+            bar.update()
+        bar.close()
+        seconds = time.perf_counter() - started
+        metrics = {
+            f"train/loss_{name}" if name != "total" else "train/loss": total / samples for name, total in sums.items()
+        }
+        metrics["train/samples_per_second"] = samples / seconds
+        metrics["train/epoch_seconds"] = seconds
+        metrics["train/peak_memory_mb"] = peak_memory_mb(self.device)
+        metrics["train/text_encoder_frozen"] = float(self.text_frozen(epoch))
+        for group in self.optimizer.param_groups:
+            metrics[f"lr/{group['name']}"] = group["lr"]
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, split: str, epoch: int) -> tuple[dict[str, float], list[list[int]]]:
+        self.set_phase(epoch, training=False)
+        predictions: list[int] = []
+        labels: list[int] = []
+        for batch in self.loaders[split]:
+            batch = self.to_device(batch)
+            with self.autocast:
+                outputs = self.model(self.model_inputs(batch, augmented=False, epoch=epoch))
+            predictions.extend(outputs.logits.argmax(dim=-1).tolist())
+            labels.extend(batch["labels"].tolist())
+        metrics = with_prefix(split, classification_metrics(labels, predictions, self.dataset.spec.label_names))
+        # The selection metric under a name that does not depend on the data set, for schedulers and ranking.
+        metrics[f"{split}/score"] = metrics[f"{split}/{self.metric}"]
+        confusion = confusion_matrix(labels, predictions, self.dataset.spec.num_classes).tolist()
+        return metrics, confusion
+
+    def state(self, epoch: int, best: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best": best,
+            "history": history,
+            "config": self.config.to_flat_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory, the CPU counterpart.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(
+    config: TrainConfig,
+    report: Report | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train, select the epoch on dev, and return the selected epoch's dev and test metrics.
+
+    output_dir: where the checkpoint of the last epoch (`checkpoint/`) and `result.json` go; none are written
+    without it. resume_from: a checkpoint folder written by an earlier run; training continues at the next epoch.
+    """
+    started = time.perf_counter()
+    output = Path(output_dir) if output_dir is not None else None
+    run = Run(config, log)
+    best: dict[str, Any] = {"epoch": -1, "dev": {}, "test": {}}
+    history: list[dict[str, Any]] = []
+    first_epoch = 0
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=run.device, weights_only=False)
+        run.load_state(state)
+        best, history, first_epoch = state["best"], state["history"], state["epoch"] + 1
+        log(f"resumed from {resume_from} after epoch {state['epoch'] + 1}")
+
+    for epoch in range(first_epoch, config.epochs):
+        metrics: dict[str, Any] = run.train_epoch(epoch, progress)
+        dev_metrics, dev_confusion = run.evaluate("dev", epoch)
+        metrics.update(dev_metrics)
+        metrics["dev/confusion_matrix"] = dev_confusion
+        if dev_metrics["dev/score"] > best["dev"].get("dev/score", -math.inf):
+            test_metrics, test_confusion = run.evaluate("test", epoch)
+            metrics.update(test_metrics)
+            metrics["test/confusion_matrix"] = test_confusion
+            best = {
+                "epoch": epoch,
+                "dev": dev_metrics,
+                "test": test_metrics,
+                "dev_confusion_matrix": dev_confusion,
+                "test_confusion_matrix": test_confusion,
+            }
+        metrics["selected/epoch"] = best["epoch"]
+        metrics["selected/dev/score"] = best["dev"]["dev/score"]
+        for key in ("acc", "f1_weighted", "f1_macro"):
+            metrics[f"selected/dev/{key}"] = best["dev"][f"dev/{key}"]
+            metrics[f"selected/test/{key}"] = best["test"][f"test/{key}"]
+        history.append({"epoch": epoch, **metrics})
+        checkpoint_dir = None
+        if output is not None:
+            checkpoint_dir = output / "checkpoint"
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(run.state(epoch, best, history), checkpoint_dir / CHECKPOINT_FILE)
+        if report is not None:
+            report(metrics, epoch, checkpoint_dir)
+        log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {metrics['train/loss']:.4f}, dev/{run.metric} "
+            f"{dev_metrics['dev/score']:.4f}, dev/acc {dev_metrics['dev/acc']:.4f} "
+            f"({metrics['train/samples_per_second']:.1f} samples/s)"
+        )
+
+    result = TrainResult(
+        config=config.to_flat_dict(),
+        selection_metric=run.metric,
+        selected_epoch=best["epoch"],
+        dev=best["dev"],
+        test=best["test"],
+        confusion_matrices={"dev": best["dev_confusion_matrix"], "test": best["test_confusion_matrix"]},
+        label_names=list(run.dataset.spec.label_names),
+        data=dict(run.dataset.affected),
+        history=history,
+        runtime_seconds=time.perf_counter() - started,
+    )
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m clmlf.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
+    parser.add_argument("--data-root", help="folder holding the data set's folder (not needed for demo)")
+    parser.add_argument("--preset", default=None, help="paper, demo or tiny (default: demo)")
+    parser.add_argument("--variant", help="full, mlf, mlf-lbcl, mlf-dbcl, text-only or image-only")
+    parser.add_argument("--config", help="a flat config JSON (best_config.json, result.json) to start from")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    parser.add_argument("--output", required=True, help="folder for result.json and the checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if present")
+    return parser.parse_args(argv)
+
+
+def config_from_arguments(arguments: argparse.Namespace) -> TrainConfig:
+    overrides: dict[str, Any] = {}
+    if arguments.dataset:
+        overrides["dataset"] = arguments.dataset
+    if arguments.data_root:
+        overrides["data_root"] = arguments.data_root
+    if arguments.variant:
+        overrides["model.variant"] = arguments.variant
+    overrides.update(parse_overrides(arguments.set))
+    if arguments.config:
+        if arguments.preset:
+            raise ConfigError("--preset: give either --config or --preset, not both")
+        flat = load_config_file(arguments.config).to_flat_dict()
+        flat.update(overrides)
+        return TrainConfig.from_flat_dict(flat)
+    dataset = overrides.pop("dataset", "demo")
+    return build_config(dataset, arguments.preset or "demo", overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    try:
+        config = config_from_arguments(arguments)
+        output = Path(arguments.output)
+        checkpoint = output / "checkpoint"
+        resume_from = checkpoint if arguments.resume and (checkpoint / CHECKPOINT_FILE).is_file() else None
+        result = train(config, output_dir=output, resume_from=resume_from, progress=True)
+    except (ConfigError, DataError, EncoderUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"selected epoch {result.selected_epoch + 1}: dev {json.dumps(_headline(result.dev))}, "
+        f"test {json.dumps(_headline(result.test))}"
+    )
+    print(f"result: {output / 'result.json'}")
+    return 0
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in metrics.items() if key.count("/") == 1}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

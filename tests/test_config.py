@@ -1,0 +1,249 @@
+"""The run configuration: presets, the flat round trip, string coercion and validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from clmlf.config import (
+    DATASET_SETTINGS,
+    PRESETS,
+    VARIANTS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    build_config,
+    load_config_file,
+    parse_overrides,
+)
+from clmlf.data import DATASETS
+
+PRESET_DATASET_PAIRS = [(preset, dataset) for preset in PRESETS for dataset in DATASETS]
+
+
+@pytest.mark.parametrize(("preset", "dataset"), PRESET_DATASET_PAIRS)
+def test_flat_round_trip(preset, dataset):
+    config = build_config(dataset, preset)
+    flat = config.to_flat_dict()
+    assert TrainConfig.from_flat_dict(flat) == config
+    # MLflow hands params back as strings; they must coerce back to the same typed config.
+    assert TrainConfig.from_flat_dict({key: str(value) for key, value in flat.items()}) == config
+    # And through JSON, as result.json and best_config.json store it.
+    assert TrainConfig.from_flat_dict(json.loads(json.dumps(flat))) == config
+
+
+def test_flat_dict_has_dotted_model_keys_and_no_derived_values():
+    flat = build_config("mvsa-single").to_flat_dict()
+    model_keys = {f"model.{item.name}" for item in dataclasses.fields(ModelConfig)}
+    assert model_keys <= set(flat)
+    assert "model" not in flat
+    # Derived values are properties, never written into the flat dict.
+    assert "epochs" not in flat
+    assert all(isinstance(value, str | int | float | bool | type(None)) for value in flat.values())
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fusion_layers", "image_layers", "batch_size"),
+    [("mvsa-single", 3, 2, 32), ("mvsa-multiple", 4, 2, 64), ("hfm", 5, 1, 128)],
+)
+def test_paper_preset_per_dataset(dataset, fusion_layers, image_layers, batch_size):
+    config = build_config(dataset, "paper")
+    assert (config.model.fusion_layers, config.model.image_layers, config.batch_size) == (
+        fusion_layers,
+        image_layers,
+        batch_size,
+    )
+    # The paper's shared settings (DESIGN.md section 1).
+    assert config.model.text_encoder == "bert-base-uncased"
+    assert config.model.image_encoder == "resnet50"
+    assert config.model.image_size == 224
+    assert config.model.heads == 12
+    assert config.temperature == pytest.approx(0.07)
+    assert config.learning_rate == pytest.approx(2e-5)
+    assert (config.frozen_text_epochs, config.finetune_epochs, config.epochs) == (20, 30, 50)
+    assert config.lbcl_variant == "paper"
+
+
+def test_dataset_settings_only_apply_to_the_paper_preset():
+    assert set(DATASET_SETTINGS) == {"mvsa-single", "mvsa-multiple", "hfm"}
+    tiny_hfm = build_config("hfm", "tiny")
+    assert tiny_hfm.model.fusion_layers == PRESETS["tiny"]["model.fusion_layers"]
+    assert tiny_hfm.batch_size == PRESETS["tiny"]["batch_size"]
+
+
+def test_overrides_win_over_the_preset():
+    config = build_config("hfm", "paper", {"model.fusion_layers": 6, "batch_size": 16})
+    assert config.model.fusion_layers == 6
+    assert config.batch_size == 16
+    assert config.model.image_layers == 1
+
+
+def test_strings_are_coerced_to_the_field_types():
+    config = build_config(
+        "demo",
+        "tiny",
+        {
+            "model.fusion_layers": "4",
+            "lbcl_weight": "0.5",
+            "mixed_precision": "false",
+            "augment_original_images": "true",
+            "model.freeze_image_encoder": "0",
+            "temperature": "1e-1",
+            "data_root": "none",
+            "seed": " 7 ",
+        },
+    )
+    assert config.model.fusion_layers == 4 and isinstance(config.model.fusion_layers, int)
+    assert config.lbcl_weight == 0.5
+    assert config.mixed_precision is False
+    assert config.augment_original_images is True
+    assert config.model.freeze_image_encoder is False
+    assert config.temperature == pytest.approx(0.1)
+    assert config.data_root is None
+    assert config.seed == 7
+
+
+def test_loss_weights_stay_floats():
+    # The original parser made them integers, so fractional weights could not be searched.
+    config = build_config("demo", "tiny", {"lbcl_weight": 1, "dbcl_weight": "2"})
+    assert isinstance(config.lbcl_weight, float) and config.lbcl_weight == 1.0
+    assert isinstance(config.dbcl_weight, float) and config.dbcl_weight == 2.0
+    flat = config.to_flat_dict()
+    assert isinstance(flat["lbcl_weight"], float)
+    assert isinstance(flat["temperature"], float)
+    assert build_config("demo", "tiny", {"lbcl_weight": 0.25}).lbcl_weight == 0.25
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.fusion_layers", "2.5"),
+        ("model.fusion_layers", "three"),
+        ("batch_size", True),
+        ("mixed_precision", "maybe"),
+        ("learning_rate", "fast"),
+        ("model.variant", None),
+    ],
+)
+def test_values_that_cannot_be_coerced_name_the_field(key, value):
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        build_config("demo", "tiny", {key: value})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"model.fusion_layers": 0}, "model.fusion_layers"),
+        ({"model.image_layers": 0}, "model.image_layers"),
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"model.image_encoder": "resnet9"}, "model.image_encoder"),
+        ({"model.heads": 3}, "model.heads"),  # tiny-bert is 64 wide: 3 heads do not divide it
+        ({"lbcl_weight": -1}, "lbcl_weight"),
+        ({"dbcl_weight": -0.5}, "dbcl_weight"),
+        ({"model.variant": "text-and-audio"}, "model.variant"),
+        ({"lbcl_variant": "supcon"}, "lbcl_variant"),
+        ({"model.dropout": 1.0}, "model.dropout"),
+        ({"model.image_weights": "imagenet21k"}, "model.image_weights"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"frozen_text_epochs": 0, "finetune_epochs": 0}, "finetune_epochs"),
+        ({"image_policy": "ignore"}, "image_policy"),
+        ({"selection_metric": "loss"}, "selection_metric"),
+        ({"model.no_such_setting": 1}, "model.no_such_setting"),
+        ({"no_such_setting": 1}, "no_such_setting"),
+        ({"model": "x"}, "model"),
+    ],
+)
+def test_validation_errors_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as raised:
+        build_config("demo", "tiny", overrides)
+    assert str(raised.value).startswith(f"{field}: ")
+
+
+def test_unknown_key_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="fusion_layer") as raised:
+        build_config("demo", "tiny", {"model.fusion_layer": 2})
+    assert "fusion_layers" in str(raised.value)
+
+
+def test_heads_are_checked_against_a_local_encoder_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 100}))
+    with pytest.raises(ConfigError, match=r"^model\.heads: .*100"):
+        build_config("demo", "tiny", {"model.text_encoder": str(tmp_path), "model.heads": 12})
+    assert build_config("demo", "tiny", {"model.text_encoder": str(tmp_path), "model.heads": 4}).model.heads == 4
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match=r"^preset: .*tiny"):
+        build_config("demo", "huge")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_switch_the_tasks(variant):
+    config = build_config("demo", "tiny", {"model.variant": variant})
+    expected = {
+        "full": (True, True, True, True),
+        "mlf": (True, True, False, False),
+        "mlf-lbcl": (True, True, True, False),
+        "mlf-dbcl": (True, True, False, True),
+        "text-only": (True, False, False, False),
+        "image-only": (False, True, False, False),
+    }[variant]
+    assert (config.model.uses_text, config.model.uses_images, config.uses_lbcl, config.uses_dbcl) == expected
+
+
+def test_a_zero_weight_switches_its_task_off():
+    config = build_config("demo", "tiny", {"lbcl_weight": 0, "dbcl_weight": 0})
+    assert not config.uses_lbcl
+    assert not config.uses_dbcl
+    assert config.model.uses_lbcl and config.model.uses_dbcl
+
+
+def test_epochs_are_derived():
+    config = build_config("demo", "tiny", {"frozen_text_epochs": 2, "finetune_epochs": 3})
+    assert config.epochs == 5
+
+
+def test_parse_overrides():
+    assert parse_overrides(["model.fusion_layers=4", " temperature = 0.1 ", "model.text_encoder=/m/a=b"]) == {
+        "model.fusion_layers": "4",
+        "temperature": "0.1",
+        "model.text_encoder": "/m/a=b",
+    }
+    assert parse_overrides(["data_root="]) == {"data_root": ""}
+
+
+@pytest.mark.parametrize("assignment", ["model.fusion_layers", "=4", " =4", ""])
+def test_parse_overrides_rejects_malformed_assignments(assignment):
+    with pytest.raises(ConfigError, match=r"--set .*key=value"):
+        parse_overrides([assignment])
+
+
+def test_load_config_file_reads_a_result_or_a_flat_dict(tmp_path):
+    config = build_config("hfm", "tiny", {"lbcl_weight": 0.5})
+    result_file = tmp_path / "result.json"
+    result_file.write_text(json.dumps({"config": config.to_flat_dict(), "selected_epoch": 0}))
+    flat_file = tmp_path / "best_config.json"
+    flat_file.write_text(json.dumps(config.to_flat_dict()))
+    assert load_config_file(result_file) == config
+    assert load_config_file(flat_file) == config
+
+
+def test_load_config_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ConfigError, match=r"missing\.json"):
+        load_config_file(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"broken\.json"):
+        load_config_file(broken)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"list\.json"):
+        load_config_file(listed)
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps({**build_config("demo", "tiny").to_flat_dict(), "temperature": -1}))
+    with pytest.raises(ConfigError, match=r"invalid\.json: temperature: "):
+        load_config_file(invalid)

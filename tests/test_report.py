@@ -1,0 +1,505 @@
+"""The study report against real MLflow stores (sqlite, written with the real client as the studies log) and
+hand-written Ray Tune result folders; the page is checked in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from clmlf.config import build_config, load_config_file
+from tracking.report import (
+    CONFIG_KEYS,
+    Configuration,
+    Trial,
+    main,
+    rank_configurations,
+    write_study_report,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+OOM_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (trial fusion_layers=4)"
+
+
+@dataclass
+class PlannedTrial:
+    trial_id: str
+    overrides: dict[str, Any]
+    seed: int
+    dev_score: float = 0.0
+    test_acc: float = 0.0
+    error: str | None = None
+
+    def final_metrics(self) -> dict[str, float]:
+        d, t = self.dev_score, self.test_acc
+        return {
+            "selected/dev/score": d,
+            "selected/dev/acc": d + 0.01,
+            "selected/dev/f1_weighted": d,
+            "selected/dev/f1_macro": d - 0.02,
+            "selected/test/acc": t,
+            "selected/test/f1_weighted": t - 0.01,
+            "selected/test/f1_macro": t - 0.03,
+        }
+
+    def epoch_rows(self) -> list[dict[str, float]]:
+        """Two epochs (the tiny preset's 1 + 1); the first one is worse, so only the last epoch gives the plan."""
+        rows = []
+        for epoch, offset in ((0, -0.05), (1, 0.0)):
+            row = {key: value + offset for key, value in self.final_metrics().items()}
+            row |= {
+                "train/loss": 1.2 - 0.3 * epoch,
+                "train/text_encoder_frozen": 1.0 - epoch,
+                "dev/acc": row["selected/dev/acc"],
+                "dev/f1_weighted": row["selected/dev/f1_weighted"],
+                "dev/f1_macro": row["selected/dev/f1_macro"],
+                "dev/score": row["selected/dev/score"],
+                "selected/epoch": float(epoch),
+            }
+            rows.append(row)
+        return rows
+
+
+@dataclass
+class PlannedStudy:
+    kind: str
+    dataset: str
+    name: str
+    trials: list[PlannedTrial] = field(default_factory=list)
+
+    @property
+    def experiment(self) -> str:
+        return f"clmlf/{self.kind}/{self.dataset}"
+
+    def config(self, trial: PlannedTrial) -> dict[str, Any]:
+        return build_config(self.dataset, "tiny", {**trial.overrides, "seed": trial.seed}).to_flat_dict()
+
+
+def _layer_sweep() -> PlannedStudy:
+    # Fusion 1 has the best single dev run and the best test numbers; fusion 2 has the best dev mean over seeds:
+    # ranking by test, or by the best single run, picks fusion 1; ranking by the dev mean picks fusion 2.
+    study = PlannedStudy("layer_sweep", "demo", "sweep-demo")
+    plan = {1: ([0.60, 0.62, 0.76], [0.80, 0.82, 0.84]), 2: ([0.70, 0.72, 0.71], [0.50, 0.52, 0.51])}
+    for layers, (dev_scores, test_accs) in plan.items():
+        for seed, (dev, test) in enumerate(zip(dev_scores, test_accs, strict=True)):
+            study.trials.append(
+                PlannedTrial(f"5a1f0_{len(study.trials):05d}", {"model.fusion_layers": layers}, seed, dev, test)
+            )
+    study.trials.append(PlannedTrial("5a1f0_00006", {"model.fusion_layers": 3}, 0, 0.68, 0.60))
+    study.trials.append(PlannedTrial("5a1f0_00007", {"model.fusion_layers": 4}, 0, error=OOM_ERROR))
+    return study
+
+
+def _search() -> PlannedStudy:
+    study = PlannedStudy("search", "demo", "search-demo")
+    points = [(0.05, 0.5, 0.55), (0.1, 1.0, 0.58), (0.2, 0.5, 0.57), (0.5, 1.0, 0.52)]
+    for index, (temperature, lbcl_weight, dev) in enumerate(points):
+        overrides = {"temperature": temperature, "lbcl_weight": lbcl_weight}
+        study.trials.append(PlannedTrial(f"c0ffe_{index:05d}", overrides, 0, dev, 0.90))
+    return study
+
+
+def _ablation() -> PlannedStudy:
+    study = PlannedStudy("ablation", "demo", "ablation-demo")
+    for index, (variant, dev) in enumerate([("text-only", 0.50), ("image-only", 0.40), ("mlf", 0.60), ("full", 0.65)]):
+        overrides = {"model.variant": variant, "model.dropout": 0.2}
+        study.trials.append(PlannedTrial(f"ab1a7_{index:05d}", overrides, 0, dev, dev - 0.05))
+    return study
+
+
+def _confirm() -> PlannedStudy:
+    study = PlannedStudy("confirm", "mvsa-single", "confirm-mvsa-single")
+    study.trials.append(PlannedTrial("f1a2b_00000", {}, 0, 0.70, 0.74))
+    return study
+
+
+def log_study(client: MlflowClient, study: PlannedStudy, artifact_root: Path) -> str:
+    """One study as the contract's MLflow layout: a parent run and one child run per trial."""
+    experiment = client.get_experiment_by_name(study.experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(study.experiment, artifact_location=(artifact_root / study.kind).as_uri())
+    )
+    common = {"clmlf.study": study.kind, "clmlf.study_name": study.name, "clmlf.dataset": study.dataset}
+    parent = client.create_run(
+        experiment_id,
+        run_name=study.name,
+        tags={**common, "clmlf.role": "study", "clmlf.git_commit": "0123abc"},
+    )
+    parent_id = parent.info.run_id
+    client.log_batch(parent_id, params=[Param("study.preset", "tiny"), Param("study.seeds", "3")])
+    client.log_text(parent_id, json.dumps({"model.fusion_layers": [1, 2, 3, 4]}), "search_space.json")
+    clock = int(time.time() * 1000)
+    for trial in study.trials:
+        config = study.config(trial)
+        tags = {
+            **common,
+            "mlflow.parentRunId": parent_id,
+            "clmlf.role": "trial",
+            "clmlf.variant": config["model.variant"],
+            "clmlf.trial_id": trial.trial_id,
+            "clmlf.seed": str(trial.seed),
+            "clmlf.node": "node-0",
+            "clmlf.device": "cpu",
+            "clmlf.git_commit": "0123abc",
+            "clmlf.status": "ERROR" if trial.error else "TERMINATED",
+            "clmlf.retries": "0",
+        }
+        if trial.error:
+            tags["clmlf.error"] = trial.error
+        child = client.create_run(experiment_id, run_name=trial.trial_id, tags=tags)
+        run_id = child.info.run_id
+        params = [Param(key, str(value)) for key, value in config.items()]
+        if trial.error:
+            # Failed during the first epoch: some training numbers, no evaluation.
+            metrics = [Metric("train/loss", 1.3, clock, 0)]
+        else:
+            metrics = [
+                Metric(key, value, clock + epoch, epoch)
+                for epoch, row in enumerate(trial.epoch_rows())
+                for key, value in row.items()
+            ]
+        client.log_batch(run_id, metrics=metrics, params=params)
+        client.log_text(run_id, json.dumps(config), "config.json")
+        client.set_terminated(run_id, "FAILED" if trial.error else "FINISHED")
+    best = max((t for t in study.trials if not t.error), key=lambda t: t.dev_score)
+    client.log_batch(
+        parent_id,
+        metrics=[Metric("best/selected/dev/score", best.dev_score, clock, 0)],
+        tags=[RunTag("clmlf.best_trial_id", best.trial_id)],
+    )
+    client.set_terminated(parent_id, "FINISHED")
+    return parent_id
+
+
+def write_tune_experiment(storage: Path, study: PlannedStudy, *, full_params: bool = True) -> Path:
+    """A Tune result folder as Ray 2.x writes it: per trial params.json and result.json (one JSON row per report)."""
+    experiment_dir = storage / study.name
+    for index, trial in enumerate(study.trials):
+        config = study.config(trial)
+        params = config if full_params else {**trial.overrides, "seed": trial.seed}
+        tag = ",".join(f"{key.replace('.', '_')}={value}" for key, value in params.items() if key in trial.overrides)
+        folder = experiment_dir / f"trainable_{trial.trial_id}_{index}_{tag}_2026-11-28_06-55-34"
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+        rows = []
+        if not trial.error:
+            total = 0.0
+            for epoch, metrics in enumerate(trial.epoch_rows()):
+                total += 2.5
+                rows.append(
+                    {
+                        **metrics,
+                        "dev/confusion_matrix": [[3, 1, 0], [1, 2, 1], [0, 1, 3]],
+                        "trial/node": "node-0",
+                        "trial/device": "cpu",
+                        "timestamp": 1795848941 + epoch,
+                        "checkpoint_dir_name": f"checkpoint_{epoch:06d}",
+                        "done": epoch == 1,
+                        "training_iteration": epoch + 1,
+                        "trial_id": trial.trial_id,
+                        "date": "2026-11-28_06-55-41",
+                        "time_this_iter_s": 2.5,
+                        "time_total_s": total,
+                        "pid": 8616,
+                        "hostname": "node-0",
+                        "node_ip": "192.0.2.2",
+                        "config": params,
+                        "time_since_restore": total,
+                        "iterations_since_restore": epoch + 1,
+                    }
+                )
+        (folder / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        if trial.error:
+            (folder / "error.txt").write_text(f"Failure # 1 (occurred at 2026-11-28_06-55-42)\n{trial.error}\n")
+    return experiment_dir
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    studies = {study.kind: study for study in (_layer_sweep(), _search(), _ablation(), _confirm())}
+    parents = {kind: log_study(client, study, root / "artifacts") for kind, study in studies.items()}
+    return {"uri": uri, "studies": studies, "parents": parents}
+
+
+@pytest.fixture(scope="module")
+def report(store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    output = tmp_path_factory.mktemp("report")
+    return write_study_report(
+        output, tracking_uri=store["uri"], experiment_names=[study.experiment for study in store["studies"].values()]
+    )
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+EXPECTED_FILES = ("best_config.json", "best_config.provenance.json", "summary.csv", "summary.md", "report.html")
+
+
+def test_every_file_is_written_per_data_set(report: dict[str, Path]) -> None:
+    assert sorted(report) == ["demo", "mvsa-single"]
+    for folder in report.values():
+        for name in EXPECTED_FILES:
+            assert (folder / name).stat().st_size > 0, f"{folder / name} missing or empty"
+
+
+def test_best_config_is_the_best_dev_mean_not_the_best_test_nor_best_single_run(report: dict[str, Path]) -> None:
+    best = json.loads((report["demo"] / "best_config.json").read_text())
+    # Fusion 2 with seed 1: its dev mean (0.71) is the best; fusion 1 wins on test and on the single best dev run.
+    assert best == build_config("demo", "tiny", {"model.fusion_layers": 2, "seed": 1}).to_flat_dict()
+    assert list(best) == list(CONFIG_KEYS)
+    provenance = json.loads((report["demo"] / "best_config.provenance.json").read_text())
+    assert provenance["dev_score_mean"] == pytest.approx(0.71)
+    assert provenance["dev_score_std"] == pytest.approx(0.01)
+    assert provenance["seeds"] == [0, 1, 2]
+    assert provenance["best_seed"] == 1
+    assert len(provenance["run_ids"]) == 3
+    assert {study["name"] for study in provenance["studies"]} == {"sweep-demo"}
+    assert "best_config" not in json.dumps(best)
+
+
+def test_best_config_loads_back_into_the_trainer_unchanged(report: dict[str, Path]) -> None:
+    for folder in report.values():
+        path = folder / "best_config.json"
+        exported = json.loads(path.read_text())
+        assert load_config_file(path).to_flat_dict() == exported
+        assert type(exported["seed"]) is int
+        assert type(exported["learning_rate"]) is float
+        assert type(exported["mixed_precision"]) is bool
+        assert exported["data_root"] is None
+
+
+def test_summary_gives_mean_and_std_over_three_seeds(report: dict[str, Path]) -> None:
+    rows = _csv_rows(report["demo"] / "summary.csv")
+    by_layers = {
+        (row["model.fusion_layers"], row["model.variant"], row["temperature"], row["model.dropout"]): row
+        for row in rows
+    }
+    fusion_two = by_layers[("2", "full", "0.07", "0.1")]
+    assert fusion_two["rank"] == "1"
+    assert int(fusion_two["n"]) == 3
+    assert float(fusion_two["dev_score_mean"]) == pytest.approx(0.71)
+    assert float(fusion_two["dev_score_std"]) == pytest.approx(statistics.stdev([0.70, 0.72, 0.71]))
+    assert float(fusion_two["test_acc_mean"]) == pytest.approx(0.51)
+    assert float(fusion_two["test_f1_macro_mean"]) == pytest.approx(0.48)
+    assert float(fusion_two["dev_acc_mean"]) == pytest.approx(0.72)
+    fusion_one = by_layers[("1", "full", "0.07", "0.1")]
+    assert float(fusion_one["dev_score_std"]) == pytest.approx(statistics.stdev([0.60, 0.62, 0.76]))
+    single = by_layers[("3", "full", "0.07", "0.1")]
+    assert int(single["n"]) == 1 and single["dev_score_std"] == ""
+    # Sorted by dev mean, the ranking column counts up.
+    means = [float(row["dev_score_mean"]) for row in rows]
+    assert means == sorted(means, reverse=True)
+    assert [row["rank"] for row in rows] == [str(rank) for rank in range(1, len(rows) + 1)]
+    # 3 + 3 + 1 sweep configurations (the failed one is not), 4 search points, 4 ablation variants.
+    assert len(rows) == 11
+    assert "seed" not in rows[0]
+
+
+def test_failed_trial_is_listed_with_its_error_and_left_out_of_the_means(report: dict[str, Path]) -> None:
+    summary_md = (report["demo"] / "summary.md").read_text()
+    page = (report["demo"] / "report.html").read_text()
+    assert "5a1f0_00007" in summary_md and OOM_ERROR in summary_md
+    assert "5a1f0_00007" in page and "CUDA out of memory" in page
+    rows = _csv_rows(report["demo"] / "summary.csv")
+    assert all(row["model.fusion_layers"] != "4" for row in rows)
+    assert all("5a1f0_00007" not in row["run_ids"] for row in rows)
+
+
+def test_single_trial_data_set_compares_with_the_paper(report: dict[str, Path]) -> None:
+    folder = report["mvsa-single"]
+    assert json.loads((folder / "best_config.json").read_text())["dataset"] == "mvsa-single"
+    page = (folder / "report.html").read_text()
+    # Table 1's CLMLF on MVSA-Single and our differences (0.74 - 0.7533, 0.73 - 0.7346).
+    assert "0.7533" in page and "0.7346" in page
+    assert "-0.0133" in page and "-0.0046" in page
+
+
+def test_page_has_every_section_and_no_external_resource(report: dict[str, Path]) -> None:
+    page = (report["demo"] / "report.html").read_text()
+    assert 'id="best-config"' in page
+    for heading in ("Figure 3", "tau and the loss weights", "importances", "Table 3", "Table 1", "Failed"):
+        assert heading in page
+    assert "The paper reports no numbers for the demo data set" in page
+    assert page.count("data:image/png;base64,") >= 3
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", page)
+    assert "<link" not in page and "@import" not in page
+
+
+def test_ranking_never_reads_the_test_split() -> None:
+    def trial(trial_id: str, seed: int, dev: float, test: float) -> Trial:
+        config = build_config("demo", "tiny", {"seed": seed}).to_flat_dict()
+        metrics = {"selected/dev/score": dev, "selected/test/acc": test, "selected/test/f1_weighted": test}
+        return Trial("memory", "search", "s", trial_id, "demo", config=config, metrics=metrics)
+
+    better_dev = Configuration("a", [trial("a0", 0, 0.70, 0.10)])
+    better_test = Configuration("b", [trial("b0", 0, 0.69, 0.99)])
+    assert [c.config_id for c in rank_configurations([better_test, better_dev])] == ["a", "b"]
+    # Changing every test number changes nothing.
+    for configuration in (better_dev, better_test):
+        for member in configuration.trials:
+            member.metrics["selected/test/acc"] = 1.0 - member.metrics["selected/test/acc"]
+    assert [c.config_id for c in rank_configurations([better_test, better_dev])] == ["a", "b"]
+
+
+def test_tune_folder_gives_the_same_best_config(tmp_path: Path, report: dict[str, Path]) -> None:
+    experiment_dir = write_tune_experiment(tmp_path / "ray_results", _layer_sweep())
+    folders = write_study_report(tmp_path / "out", tune_dirs=[experiment_dir])
+    assert list(folders) == ["demo"]
+    from_tune = json.loads((folders["demo"] / "best_config.json").read_text())
+    assert from_tune == json.loads((report["demo"] / "best_config.json").read_text())
+    assert from_tune["seed"] == 1 and from_tune["model.fusion_layers"] == 2
+    for name in EXPECTED_FILES:
+        assert (folders["demo"] / name).exists()
+    summary_md = (folders["demo"] / "summary.md").read_text()
+    assert "5a1f0_00007" in summary_md and OOM_ERROR in summary_md
+    assert {row["n"] for row in _csv_rows(folders["demo"] / "summary.csv")} == {"3", "1"}
+
+
+def test_a_study_read_from_mlflow_and_its_tune_folder_counts_each_trial_once(
+    tmp_path: Path, store: dict[str, Any]
+) -> None:
+    experiment_dir = write_tune_experiment(tmp_path / "ray_results", store["studies"]["layer_sweep"])
+    folders = write_study_report(
+        tmp_path / "out",
+        tracking_uri=store["uri"],
+        parent_run_ids=[store["parents"]["layer_sweep"]],
+        tune_dirs=[experiment_dir],
+    )
+    rows = _csv_rows(folders["demo"] / "summary.csv")
+    assert sorted(int(row["n"]) for row in rows) == [1, 3, 3]
+    assert summary_failed_count(folders["demo"] / "summary.md") == 1
+
+
+def summary_failed_count(path: Path) -> int:
+    failed_section = path.read_text().split("## Failed trials", 1)[1]
+    return sum(1 for line in failed_section.splitlines() if line.startswith("| sweep-demo"))
+
+
+def test_tune_search_space_without_the_base_config_is_reported_not_guessed(tmp_path: Path) -> None:
+    study = _layer_sweep()
+    experiment_dir = write_tune_experiment(tmp_path / "ray_results", study, full_params=False)
+    folders = write_study_report(tmp_path / "partial", tune_dirs=[experiment_dir])
+    summary_md = (next(iter(folders.values())) / "summary.md").read_text()
+    assert "the params lack config keys" in summary_md and "base_config.json" in summary_md
+    assert not (next(iter(folders.values())) / "best_config.json").exists()
+
+    base = build_config("demo", "tiny").to_flat_dict()
+    (experiment_dir / "base_config.json").write_text(json.dumps(base))
+    folders = write_study_report(tmp_path / "with-base", tune_dirs=[experiment_dir])
+    best = json.loads((folders["demo"] / "best_config.json").read_text())
+    assert best == build_config("demo", "tiny", {"model.fusion_layers": 2, "seed": 1}).to_flat_dict()
+
+
+def test_command_line_writes_the_report_and_rejects_an_unknown_experiment(
+    tmp_path: Path, store: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "cli"
+    code = main(["--tracking-uri", store["uri"], "--experiment", "clmlf/confirm/mvsa-single", "--output", str(output)])
+    assert code == 0
+    assert (output / "mvsa-single" / "best_config.json").exists()
+    assert str(output / "mvsa-single" / "report.html") in capsys.readouterr().out
+    assert main(["--tracking-uri", store["uri"], "--experiment", "clmlf/nope/demo", "--output", str(output)]) == 2
+    assert "clmlf/nope/demo" in capsys.readouterr().err
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    assert main(["--tracking-uri", f"sqlite:///{missing}", "--output", str(output)]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+CHECKER = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesLoaded = images.filter((image) => image.complete && image.naturalWidth > 0).length;
+  const table = document.getElementById("best-config");
+  document.body.dataset.bestConfigRows = table ? table.querySelectorAll("tbody tr").length : -1;
+  document.body.dataset.checked = "yes";
+});
+</script>
+"""
+
+
+def test_page_renders_in_headless_chromium(tmp_path: Path, report: dict[str, Path]) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing; CI installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    checked = tmp_path / "checked.html"
+    checked.write_text((report["demo"] / "report.html").read_text().replace("</body>", CHECKER + "</body>"))
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        checked.as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    body = re.search(r"<body([^>]*)>", result.stdout)
+    assert body, f"no DOM dumped; chromium said: {result.stderr[-2000:]}"
+    attributes = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert attributes.get("checked") == "yes"
+    assert int(attributes["images-total"]) >= 3
+    assert attributes["images-loaded"] == attributes["images-total"]
+    assert int(attributes["best-config-rows"]) == len(CONFIG_KEYS)
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_unreadable_tune_rows_name_the_file_and_line(tmp_path: Path) -> None:
+    experiment_dir = write_tune_experiment(tmp_path / "ray_results", _confirm())
+    result_file = next(experiment_dir.glob("*/result.json"))
+    result_file.write_text(result_file.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=re.escape(f"{result_file}, line 3")):
+        write_study_report(tmp_path / "out", tune_dirs=[experiment_dir])
+
+
+def test_a_data_set_without_a_completed_trial_still_gets_its_summary_and_page(tmp_path: Path) -> None:
+    study = PlannedStudy("search", "demo", "search-broken")
+    study.trials.append(PlannedTrial("dead0_00000", {}, 0, error="ValueError: model.heads: 384 is not divisible by 5"))
+    study.trials.append(PlannedTrial("dead0_00001", {"model.fusion_layers": 2}, 0, dev_score=math.nan))
+    folders = write_study_report(tmp_path / "out", tune_dirs=[write_tune_experiment(tmp_path / "ray", study)])
+    folder = folders["demo"]
+    assert not (folder / "best_config.json").exists()
+    summary_md = (folder / "summary.md").read_text()
+    assert "not divisible by 5" in summary_md
+    assert "selected/dev/score is nan" in summary_md
+    assert 'id="best-config"' in (folder / "report.html").read_text()
+    assert _csv_rows(folder / "summary.csv") == []
+
+
+def test_tune_error_file_gives_the_failure_that_ended_the_trial(tmp_path: Path) -> None:
+    experiment_dir = write_tune_experiment(tmp_path / "ray", _layer_sweep())
+    error_file = next(experiment_dir.glob("*/error.txt"))
+    error_file.write_text(
+        "Failure # 1 (occurred at 2026-11-28_06-55-42)\nConnectionError: node lost\n"
+        f"Failure # 2 (occurred at 2026-11-28_07-01-00)\n{OOM_ERROR}\n"
+    )
+    folders = write_study_report(tmp_path / "out", tune_dirs=[experiment_dir])
+    summary_md = (folders["demo"] / "summary.md").read_text()
+    assert OOM_ERROR in summary_md and "node lost" not in summary_md

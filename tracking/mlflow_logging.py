@@ -1,0 +1,513 @@
+"""MLflow logging of studies and training runs in the layout of CONTRACTS.md ("MLflow layout").
+
+A study is one experiment `clmlf/<study>/<dataset>` holding one parent run per study execution and one nested
+child run per Tune trial. Everything is written from the driver: a `ray.tune.Callback` turns the results that
+Tune already collects into child runs, so trials on worker nodes need no MLflow access and a local SQLite file
+never has two writers. `RunRecorder` logs one training run (a trial's child run or a standalone run) and is
+shared by both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+TRACKING_URI_VARIABLE = "CLMLF_TRACKING_URI"
+# The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
+TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
+ERROR_TAG_CHARACTERS = 5000
+# MLflow refuses longer parameter values; the flat config never comes near it, study arguments might.
+PARAM_VALUE_CHARACTERS = 6000
+SELECTED_SPLITS = ("dev", "test")
+OVERALL_METRICS = ("acc", "f1_weighted", "f1_macro")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking URI cannot be used; the message names it."""
+
+
+def default_tracking_uri() -> str:
+    """`$CLMLF_TRACKING_URI`, else a SQLite file `mlflow.db` in the current folder (no server needed)."""
+    configured = os.environ.get(TRACKING_URI_VARIABLE)
+    if configured:
+        return configured
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+@contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_tracking_uri(tracking_uri: str, timeout_seconds: int = 5) -> None:
+    """Raise `TrackingUnavailable` unless the store answers within a few seconds (one request, no retries).
+
+    Called before Ray starts, so that a study with a wrong or stopped server costs seconds, not a scheduled
+    study whose results are then lost.
+    """
+    started = time.monotonic()
+    with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_seconds)):
+        try:
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
+        except Exception as error:  # the store's kind decides what it raises (HTTP, SQL, file system)
+            seconds = time.monotonic() - started
+            summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TrackingUnavailable(
+                f"--tracking-uri {tracking_uri}: the MLflow tracking store does not answer "
+                f"({type(error).__name__} after {seconds:.1f} s: {summary[:300]}). Start the server "
+                "(mlflow server --host ... --port ...), fix the URI, or leave --tracking-uri out to log into "
+                "./mlflow.db."
+            ) from error
+
+
+def experiment_name(study: str, dataset: str) -> str:
+    return f"clmlf/{study}/{dataset}"
+
+
+def git_commit() -> str:
+    """The commit of the checkout the code runs from, or "unknown" (an installed copy, no git)."""
+    project = Path(__file__).resolve().parents[1]
+    try:
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return completed.stdout.strip() if completed.returncode == 0 else "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def trainer_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric trainer metrics of one reported epoch (confusion matrices and strings left out)."""
+    metrics = {}
+    for key, value in result.items():
+        if not key.startswith(TRAINER_METRIC_PREFIXES) or isinstance(value, (list, dict, str)) or value is None:
+            continue
+        metrics[key] = float(value)
+    return metrics
+
+
+def typed_flat_config(flat_config: dict[str, Any]) -> dict[str, Any]:
+    """The flat config as `TrainConfig.to_flat_dict()` writes it: every key, typed values."""
+    from clmlf.config import ConfigError, TrainConfig
+
+    try:
+        return TrainConfig.from_flat_dict(flat_config).to_flat_dict()
+    except ConfigError:
+        return dict(flat_config)
+
+
+def params_of(flat_config: dict[str, Any]) -> dict[str, str]:
+    """Every key of the full flat config, as strings: what a child run logs as params."""
+    return {key: str(value)[:PARAM_VALUE_CHARACTERS] for key, value in typed_flat_config(flat_config).items()}
+
+
+def label_names_of(dataset: str, snapshot: dict[str, Any]) -> list[str]:
+    """Class names in label-index order (the confusion matrix's order)."""
+    from clmlf.data import dataset_spec
+
+    try:
+        return list(dataset_spec(dataset).label_names)
+    except ValueError:
+        matrix = snapshot.get("dev/confusion_matrix") or []
+        return [str(index) for index in range(len(matrix))]
+
+
+def classification_report(snapshot: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
+    """Per-class precision/recall/F1 and the overall metrics on dev and test at the selected epoch."""
+    report: dict[str, Any] = {"selected_epoch": snapshot.get("epoch"), "labels": label_names}
+    for split in SELECTED_SPLITS:
+        per_class = {
+            label: {
+                measure: snapshot.get(f"{split}/{measure}/{label}")
+                for measure in ("precision", "recall", "f1")
+            }
+            for label in label_names
+        }
+        overall = {name: snapshot.get(f"{split}/{name}") for name in (*OVERALL_METRICS, "score")}
+        report[split] = {"overall": overall, "per_class": per_class}
+    return report
+
+
+def confusion_matrix_figure(matrix: list[list[int]], label_names: list[str], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.2, 3.6), dpi=120)
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    ticks = range(len(label_names))
+    axes.set_xticks(ticks, label_names, rotation=30, ha="right")
+    axes.set_yticks(ticks, label_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    largest = max((value for row in matrix for value in row), default=0)
+    for row_index, row in enumerate(matrix):
+        for column_index, value in enumerate(row):
+            colour = "white" if largest and value > largest / 2 else "black"
+            axes.text(column_index, row_index, str(value), ha="center", va="center", color=colour)
+    figure.tight_layout()
+    return figure
+
+
+def error_summary(error_text: str) -> str:
+    """The last exception line of a traceback (`module.Error: message`), for tables and tags."""
+    lines = [line.strip() for line in error_text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Unavailable", "Interrupt", "Exit")) and " " not in head:
+            return line
+    return lines[-1] if lines else ""
+
+
+@dataclass
+class RunRecorder:
+    """Logs one training run into an existing MLflow run: per-epoch metrics, then the selected epoch's artifacts.
+
+    `logged_epochs` makes logging idempotent: an epoch reported again after a resume is not logged twice.
+    `selected` keeps the result of the latest epoch that became the selected one (the only results that carry
+    test metrics and the test confusion matrix).
+    """
+
+    client: MlflowClient
+    run_id: str
+    dataset: str
+    logged_epochs: set[int] = field(default_factory=set)
+    selected: dict[str, Any] = field(default_factory=dict)
+
+    def log_epoch(self, result: dict[str, Any], epoch: int) -> None:
+        if "test/confusion_matrix" in result:
+            self.selected = {key: value for key, value in result.items() if key.startswith(("dev/", "test/"))}
+            self.selected["epoch"] = epoch
+        if epoch in self.logged_epochs:
+            return
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(key, value, timestamp, epoch) for key, value in trainer_metrics(result).items()]
+        # log_batch takes at most 1000 metrics per call.
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        self.logged_epochs.add(epoch)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_params(self, flat_config: dict[str, Any]) -> None:
+        """Params once: MLflow refuses to log a param again with another value, and a resumed run is the same."""
+        existing = self.client.get_run(self.run_id).data.params
+        params = [Param(key, value) for key, value in params_of(flat_config).items() if key not in existing]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+
+    def log_outcome(self, flat_config: dict[str, Any]) -> None:
+        """config.json always; the confusion matrices and the classification report once an epoch was selected."""
+        self.client.log_dict(self.run_id, typed_flat_config(flat_config), "config.json")
+        if not self.selected:
+            return
+        label_names = label_names_of(self.dataset, self.selected)
+        epoch = self.selected.get("epoch")
+        for split in SELECTED_SPLITS:
+            matrix = self.selected.get(f"{split}/confusion_matrix")
+            if matrix:
+                title = f"{split}, selected epoch {epoch}"
+                figure = confusion_matrix_figure(matrix, label_names, title)
+                self.client.log_figure(self.run_id, figure, f"confusion_matrix_{split}.png")
+        self.client.log_dict(
+            self.run_id, classification_report(self.selected, label_names), "classification_report.json"
+        )
+
+    def finish(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+@dataclass
+class StudyRun:
+    """Where a study's runs go: the parent run and what every child run is tagged with."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
+    study_name: str
+    dataset: str
+    git_commit: str
+
+    def to_json(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def start_study_run(
+    tracking_uri: str,
+    study: str,
+    study_name: str,
+    dataset: str,
+    arguments: dict[str, Any],
+    search_space: dict[str, Any],
+) -> StudyRun:
+    """Create the experiment (if new) and the study's parent run, with its arguments and search space."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name(study, dataset))
+    commit = git_commit()
+    run = client.create_run(
+        experiment_id,
+        run_name=study_name,
+        tags={
+            "clmlf.role": "study",
+            "clmlf.study": study,
+            "clmlf.study_name": study_name,
+            "clmlf.dataset": dataset,
+            "clmlf.git_commit": commit,
+        },
+    )
+    params = [
+        Param(f"study.{key}", str(value)[:PARAM_VALUE_CHARACTERS]) for key, value in sorted(arguments.items())
+    ]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
+    client.log_dict(run.info.run_id, search_space, "search_space.json")
+    return StudyRun(tracking_uri, experiment_id, run.info.run_id, study, study_name, dataset, commit)
+
+
+def reopen_study_run(study_run: StudyRun) -> None:
+    """Mark a resumed study's parent run as running again."""
+    MlflowClient(study_run.tracking_uri).update_run(study_run.parent_run_id, status="RUNNING")
+
+
+def finish_study_run(
+    study_run: StudyRun, best_trial_id: str | None, best_metrics: dict[str, float], status: str = "FINISHED"
+) -> None:
+    """Record the best trial (ranked on dev) on the parent run and close it."""
+    client = MlflowClient(study_run.tracking_uri)
+    if best_trial_id is not None:
+        client.set_tag(study_run.parent_run_id, "clmlf.best_trial_id", best_trial_id)
+    timestamp = int(time.time() * 1000)
+    metrics = [
+        Metric(f"best/{key}", float(value), timestamp, 0)
+        for key, value in best_metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
+    ]
+    if metrics:
+        client.log_batch(study_run.parent_run_id, metrics=metrics)
+    client.set_terminated(study_run.parent_run_id, status=status)
+
+
+def child_runs(tracking_uri: str, study_run: StudyRun) -> list:
+    """Every child run of the study's parent run (all pages)."""
+    client = MlflowClient(tracking_uri)
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [study_run.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+class MlflowStudyCallback(Callback):
+    """Driver-side Tune callback: one nested MLflow child run per trial, found again by tag on resume.
+
+    Logging problems are reported on stderr and never stop the study: losing a metric must not lose a trial.
+    """
+
+    def __init__(self, study_run: StudyRun, base_config: dict[str, Any]):
+        self.study_run = study_run
+        self.base_config = dict(base_config)
+        self._client: MlflowClient | None = None
+        self._recorders: dict[str, RunRecorder] = {}
+        self._retries: dict[str, int] = {}
+        self._placement: dict[str, tuple[str, str]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the run config (tuner.pkl); clients and recorders are rebuilt after a restore.
+        return {"study_run": self.study_run, "base_config": self.base_config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["study_run"], state["base_config"])
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.study_run.tracking_uri)
+        return self._client
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "recorders": {
+                trial_id: {
+                    "run_id": recorder.run_id,
+                    "logged_epochs": sorted(recorder.logged_epochs),
+                    "selected": recorder.selected,
+                }
+                for trial_id, recorder in self._recorders.items()
+            },
+            "retries": dict(self._retries),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._retries = dict(state.get("retries", {}))
+        for trial_id, saved in state.get("recorders", {}).items():
+            self._recorders[trial_id] = RunRecorder(
+                self.client,
+                saved["run_id"],
+                self.study_run.dataset,
+                set(saved["logged_epochs"]),
+                dict(saved["selected"]),
+            )
+
+    def full_config(self, trial) -> dict[str, Any]:
+        """The trial's Tune config holds only its searched values; the base config holds the rest."""
+        return {**self.base_config, **trial.config}
+
+    def _guarded(self, what: str, trial, action) -> None:
+        try:
+            action()
+        except Exception as error:  # tracking must never take a study down
+            print(
+                f"warning: MLflow logging failed ({what}, trial {trial.trial_id}, {self.study_run.tracking_uri}): "
+                f"{type(error).__name__}: {error}",
+                file=sys.stderr,
+            )
+
+    def _recorder(self, trial) -> RunRecorder:
+        recorder = self._recorders.get(trial.trial_id)
+        if recorder is not None:
+            return recorder
+        study_run = self.study_run
+        existing = self.client.search_runs(
+            [study_run.experiment_id],
+            filter_string=(
+                f"tags.`clmlf.trial_id` = '{trial.trial_id}' "
+                f"and tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'"
+            ),
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            recorder = RunRecorder(self.client, run_id, study_run.dataset)
+            recorder.logged_epochs = {
+                int(metric.step) for metric in self.client.get_metric_history(run_id, "selected/dev/score")
+            }
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            config = self.full_config(trial)
+            run = self.client.create_run(
+                study_run.experiment_id,
+                run_name=trial.trial_id,
+                tags={
+                    "mlflow.parentRunId": study_run.parent_run_id,
+                    "clmlf.role": "trial",
+                    "clmlf.study": study_run.study,
+                    "clmlf.study_name": study_run.study_name,
+                    "clmlf.dataset": study_run.dataset,
+                    "clmlf.variant": str(config.get("model.variant", "")),
+                    "clmlf.trial_id": trial.trial_id,
+                    "clmlf.seed": str(config.get("seed", "")),
+                    "clmlf.git_commit": study_run.git_commit,
+                    "clmlf.status": "RUNNING",
+                    "clmlf.retries": str(self._retries.get(trial.trial_id, 0)),
+                },
+            )
+            recorder = RunRecorder(self.client, run.info.run_id, study_run.dataset)
+            recorder.log_params(config)
+        self._recorders[trial.trial_id] = recorder
+        return recorder
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._guarded("start", trial, lambda: self._recorder(trial))
+
+    def on_trial_restore(self, iteration: int, trials: list, trial, **info) -> None:
+        self._guarded("restore", trial, lambda: self._recorder(trial))
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        def log() -> None:
+            recorder = self._recorder(trial)
+            placement = (str(result.get("trial/node", "")), str(result.get("trial/device", "")))
+            if placement != self._placement.get(trial.trial_id):
+                recorder.set_tags({"clmlf.node": placement[0], "clmlf.device": placement[1]})
+                self._placement[trial.trial_id] = placement
+            recorder.log_epoch(result, int(result.get("epoch", result.get("training_iteration", 1) - 1)))
+
+        self._guarded("result", trial, log)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        def finish() -> None:
+            recorder = self._recorder(trial)
+            recorder.log_outcome(self.full_config(trial))
+            recorder.set_tags({"clmlf.status": "TERMINATED"})
+            recorder.finish("FINISHED")
+
+        self._guarded("complete", trial, finish)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        def fail() -> None:
+            recorder = self._recorder(trial)
+            error = latest_failure(trial_error_text(trial))
+            recorder.log_outcome(self.full_config(trial))
+            recorder.set_tags({"clmlf.status": "ERROR", "clmlf.error": error[:ERROR_TAG_CHARACTERS]})
+            recorder.finish("FAILED")
+
+        self._guarded("error", trial, fail)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self._retries[trial.trial_id] = self._retries.get(trial.trial_id, 0) + 1
+
+        def count() -> None:
+            self._recorder(trial).set_tags({"clmlf.retries": str(self._retries[trial.trial_id])})
+
+        self._guarded("recover", trial, count)
+
+
+def trial_error_text(trial) -> str:
+    """The trial's error file as Tune wrote it on the driver (every failure, oldest first)."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors="replace")
+    return "unknown error (Tune wrote no error file)"
+
+
+def latest_failure(error_text: str) -> str:
+    """Tune appends `Failure # n (occurred at ...)` sections; the last one is the error that ended the trial."""
+    marker = "Failure # "
+    position = error_text.rfind(marker)
+    if position < 0:
+        return error_text.strip()
+    section = error_text[position:]
+    return section.split("\n", 1)[1].strip() if "\n" in section else section.strip()
+
