@@ -138,6 +138,13 @@ def cached_entry(folder: Path, build: Callable[[Path], None], log: Callable[[str
     return folder
 
 
+def _half_precision(values: np.ndarray, what: str) -> np.ndarray:
+    half = values.astype(np.float16)
+    if not np.isfinite(half).all():
+        raise FloatingPointError(f"{what} exceed half precision's range (|x| > 65504); run without the feature cache")
+    return half
+
+
 def _open_array(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
@@ -150,7 +157,7 @@ def _write_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def _backbone_batches(backbone: nn.Module, images: list[torch.Tensor], device: torch.device, autocast) -> np.ndarray:
     with autocast:
         features = backbone(torch.stack(images).to(device))  # (B, C, p, p)
-    return features.float().cpu().numpy().astype(np.float16)
+    return _half_precision(features.float().cpu().numpy(), "image features")
 
 
 def image_features(
@@ -230,7 +237,7 @@ def _ragged_states(
         indices = order[start : start + BUILD_BATCH]
         ids, mask = pad([sequences[index] for index in indices], pad_token_id)
         with torch.no_grad(), autocast:
-            states = encoder(ids.to(device), mask.to(device)).float().cpu().numpy()  # (B, S, D)
+            states = _half_precision(encoder(ids.to(device), mask.to(device)).float().cpu().numpy(), "text states")
         for row, index in enumerate(indices):
             tokens[offsets[index] : offsets[index + 1]] = states[row, : lengths[index]]
     tokens.flush()

@@ -113,13 +113,12 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
 
 
 def parse_seeds(text: str | None, default_count: int) -> list[int]:
+    """--seeds: a count (3 -> 0, 1, 2) or a comma-separated list (0,5,9; a single seed is written `7,`)."""
     if text is None:
         return list(range(default_count))
     try:
-        if "," in text:
-            seeds = [int(part) for part in text.split(",") if part.strip()]
-        else:
-            seeds = list(range(int(text)))
+        listed = "," in text
+        seeds = [int(part) for part in text.split(",") if part.strip()] if listed else list(range(int(text)))
     except ValueError as error:
         raise StudyInputError(f"--seeds {text!r}: expected a count (3) or a list (0,5,9)") from error
     if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
@@ -218,6 +217,45 @@ def check_dataset(flat: dict[str, Any]) -> None:
         raise StudyInputError(f"--dataset/--data-root: {error}") from error
 
 
+def phase_aware_scheduler(
+    base: dict[str, Any],
+    grace_period: int | None = None,
+    metric: str = "dev/score",
+    time_attr: str = EPOCHS_COMPLETED,
+    reduction_factor: float = 2,
+):
+    """ASHA that judges a trial only after its text encoder was fine-tuned for at least one epoch.
+
+    The text-frozen phase says little about a configuration: a grace period that ends inside it would stop
+    trials before they really start. So the grace period is at least frozen_text_epochs + 1 epochs (its
+    default), time is counted in epochs, and only dev metrics may prune (test never decides anything).
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    config = TrainConfig.from_flat_dict(base)
+    earliest = config.frozen_text_epochs + 1
+    grace_period = earliest if grace_period is None else grace_period
+    if time_attr != EPOCHS_COMPLETED:
+        raise StudyInputError(f"scheduler time_attr {time_attr!r}: ASHA must count epochs ({EPOCHS_COMPLETED!r})")
+    if not metric.startswith("dev/"):
+        raise StudyInputError(f"scheduler metric {metric!r}: only dev metrics may stop trials (e.g. dev/score)")
+    if grace_period < earliest:
+        raise StudyInputError(
+            f"--grace-period {grace_period}: ends inside the text-frozen phase ({config.frozen_text_epochs} "
+            f"epochs); it must be >= frozen_text_epochs + 1 = {earliest}"
+        )
+    if grace_period > config.epochs:
+        raise StudyInputError(f"--grace-period {grace_period}: longer than the whole run ({config.epochs} epochs)")
+    return ASHAScheduler(
+        time_attr=time_attr,
+        metric=metric,
+        mode=RANKING_MODE,
+        max_t=config.epochs,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+    )
+
+
 def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """One Tune trial: train the base config with the trial's values, report every epoch with its checkpoint,
     and continue from Tune's checkpoint when the trial is retried or the study resumed."""
@@ -302,7 +340,8 @@ class Study:
     base: the flat config every trial starts from (saved as base_config.json). space: Tune domains for the
     searched keys; a trial's Tune config (params.json) holds only those, or only its point's keys. points:
     explicit flat overrides, one trial each (layer sweep, ablation, confirm). group_by: config keys whose
-    trials are averaged over seeds in the table (empty: one row per trial).
+    trials are averaged over seeds in the table (empty: one row per trial); shown: config keys printed in the
+    one-row-per-trial table.
     """
 
     kind: str
@@ -315,6 +354,7 @@ class Study:
     num_samples: int = 1
     time_budget_s: float | None = None
     group_by: list[str] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)
     described_space: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -335,8 +375,8 @@ def describe_domain(value: Any) -> Any:
     return description
 
 
-def storage_root(arguments: argparse.Namespace) -> str:
-    location = arguments.storage_path
+def absolute_location(location: str) -> str:
+    """A URI as it is (s3://...), a local path made absolute."""
     return location if "://" in location else str(Path(location).expanduser().resolve())
 
 
@@ -375,7 +415,7 @@ def study_name(arguments: argparse.Namespace, kind: str, storage: str) -> str:
         if "/" in arguments.name or arguments.name in (".", ".."):
             raise StudyInputError(f"--name {arguments.name!r}: must be a plain folder name")
         return arguments.name
-    prefix = f"{kind}-{arguments.dataset}-"
+    prefix = f"{kind}-{arguments.dataset or '*'}-"
     if not arguments.resume:
         return prefix + time.strftime("%Y%m%d-%H%M%S")
     if "://" in storage:
@@ -385,14 +425,18 @@ def study_name(arguments: argparse.Namespace, kind: str, storage: str) -> str:
         key=lambda path: path.stat().st_mtime,
     )
     if not candidates:
-        raise StudyInputError(f"--resume: no {kind} study of {arguments.dataset} under {storage}; give --name")
+        raise StudyInputError(f"--resume: no {kind} study ({prefix}*) under {storage}; give --name")
     return candidates[-1].name
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str) -> argparse.Namespace:
     """Parse; with --resume, the study's saved arguments replace all but the runtime ones (RUNTIME_OPTIONS)."""
-    arguments = parser.parse_args(argv)
-    arguments.storage_path = storage_root(arguments)
+    return resolve_study_arguments(parser.parse_args(argv), kind)
+
+
+def resolve_study_arguments(arguments: argparse.Namespace, kind: str) -> argparse.Namespace:
+    """Absolute storage path and the study's name; with --resume, the study's saved arguments."""
+    arguments.storage_path = absolute_location(arguments.storage_path)
     arguments.name = study_name(arguments, kind, arguments.storage_path)
     if arguments.resume:
         saved = read_text(join(arguments.storage_path, arguments.name, STUDY_FILE))
@@ -426,6 +470,8 @@ def run_study(study: Study) -> int:
         check_dataset(study.base)
     check_tracking_uri(tracking_uri)
 
+    # With one checkpoint kept per trial, Tune saves its state at every checkpoint on purpose (see new_tuner).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
@@ -451,7 +497,9 @@ def run_study(study: Study) -> int:
                 raise StudyInputError(f"--resume: {experiment_path} has no Tune state to restore")
             reopen_study_run(study_run)
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=arguments.resume_errored)
-        print(f"study {name}: Tune folder {experiment_path}; MLflow {tracking_uri} (parent run {study_run.parent_run_id})")
+        print(
+            f"study {name}: Tune folder {experiment_path}; MLflow {tracking_uri} (parent run {study_run.parent_run_id})"
+        )
         tuner.fit()
         records = load_trials(experiment_path)
         return conclude(study, records, experiment_path, study_run)
@@ -481,9 +529,7 @@ def trial_resources(arguments: argparse.Namespace) -> dict[str, float]:
     if cpus <= 0 or gpus < 0:
         raise StudyInputError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    fits = any(
-        node["Resources"].get("CPU", 0) >= cpus and node["Resources"].get("GPU", 0) >= gpus for node in nodes
-    )
+    fits = any(node["Resources"].get("CPU", 0) >= cpus and node["Resources"].get("GPU", 0) >= gpus for node in nodes)
     if not fits:
         offered = ", ".join(
             f"{node['Resources'].get('CPU', 0):g} CPU/{node['Resources'].get('GPU', 0):g} GPU" for node in nodes
@@ -594,8 +640,9 @@ def selection_metric_name(dataset: str) -> str:
     return dataset_spec(dataset).selection_metric
 
 
-def summary_frame(records: list[TrialRecord], group_by: list[str], dataset: str):
-    """Successful trials grouped by `group_by` (seeds averaged): mean and std of dev score and test metrics."""
+def summary_frame(records: list[TrialRecord], group_by: list[str], dataset: str, shown: list[str] = ()):
+    """Successful trials grouped by `group_by` (seeds averaged; no grouping: one row per trial with the `shown`
+    config keys): mean and std of the dev score and the test metrics, best dev first."""
     import pandas as pd
 
     f1 = f"selected/test/{selection_metric_name(dataset)}"
@@ -606,13 +653,15 @@ def summary_frame(records: list[TrialRecord], group_by: list[str], dataset: str)
             continue
         row = {key: record.config.get(key) for key in group_by}
         row["trial"] = record.trial_id
+        if not group_by:
+            row.update({key: short(record.config.get(key)) for key in shown})
         row["seed"] = record.config.get("seed")
         row.update({label: record.metrics.get(key, math.nan) for label, key in metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    keys = group_by or ["trial"]
+    keys = group_by or ["trial", *shown]
     grouped = frame.groupby(keys, sort=True, dropna=False)
     table = grouped["seed"].apply(lambda seeds: ",".join(str(seed) for seed in sorted(seeds))).to_frame("seeds")
     for label in metrics:
@@ -621,14 +670,17 @@ def summary_frame(records: list[TrialRecord], group_by: list[str], dataset: str)
             for _, values in grouped[label]
         ]
         table[f"_{label}"] = grouped[label].mean()
-    table = table.sort_values("_dev score", ascending=False)
-    return table
+    return table.sort_values("_dev score", ascending=False).reset_index()
+
+
+def short(value: Any) -> Any:
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def print_summary(study: Study, records: list[TrialRecord]) -> None:
     import pandas as pd
 
-    table = summary_frame(records, study.group_by, study.dataset)
+    table = summary_frame(records, study.group_by, study.dataset, study.shown)
     succeeded = sum(record.succeeded for record in records)
     print(
         f"\n{study.kind} on {study.dataset}: {len(records)} trials, {succeeded} succeeded; ranked on dev "
@@ -637,10 +689,9 @@ def print_summary(study: Study, records: list[TrialRecord]) -> None:
     if not table.empty:
         visible = table[[column for column in table.columns if not column.startswith("_")]]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(visible.to_string())
-        leading = table.index[0] if isinstance(table.index[0], tuple) else (table.index[0],)
+            print(visible.to_string(index=False))
         if study.group_by:
-            described = ", ".join(f"{key}={value}" for key, value in zip(study.group_by, leading, strict=True))
+            described = ", ".join(f"{key}={table[key].iloc[0]}" for key in study.group_by)
             print(f"\nbest by dev (mean over seeds): {described}: dev score {table['dev score'].iloc[0]}")
     failed = [record for record in records if record.status == "ERROR"]
     if failed:

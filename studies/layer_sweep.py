@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             base=base,
             points=points,
             group_by=LAYER_KEYS,
-            described_space={"points": points, "fixed": base},
+            described_space={"points": points, "base": base},
         )
         return common.run_study(study)
 

@@ -147,10 +147,7 @@ def classification_report(snapshot: dict[str, Any], label_names: list[str]) -> d
     report: dict[str, Any] = {"selected_epoch": snapshot.get("epoch"), "labels": label_names}
     for split in SELECTED_SPLITS:
         per_class = {
-            label: {
-                measure: snapshot.get(f"{split}/{measure}/{label}")
-                for measure in ("precision", "recall", "f1")
-            }
+            label: {measure: snapshot.get(f"{split}/{measure}/{label}") for measure in ("precision", "recall", "f1")}
             for label in label_names
         }
         overall = {name: snapshot.get(f"{split}/{name}") for name in (*OVERALL_METRICS, "score")}
@@ -291,9 +288,7 @@ def start_study_run(
             "clmlf.git_commit": commit,
         },
     )
-    params = [
-        Param(f"study.{key}", str(value)[:PARAM_VALUE_CHARACTERS]) for key, value in sorted(arguments.items())
-    ]
+    params = [Param(f"study.{key}", str(value)[:PARAM_VALUE_CHARACTERS]) for key, value in sorted(arguments.items())]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
     client.log_dict(run.info.run_id, search_space, "search_space.json")
@@ -323,14 +318,15 @@ def finish_study_run(
     client.set_terminated(study_run.parent_run_id, status=status)
 
 
-def child_runs(tracking_uri: str, study_run: StudyRun) -> list:
-    """Every child run of the study's parent run (all pages)."""
+def child_runs(tracking_uri: str, parent_run_id: str) -> list:
+    """Every trial run nested under a study's parent run (all pages)."""
     client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [study_run.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'",
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
             max_results=1000,
             page_token=token,
         )
@@ -510,4 +506,3 @@ def latest_failure(error_text: str) -> str:
         return error_text.strip()
     section = error_text[position:]
     return section.split("\n", 1)[1].strip() if "\n" in section else section.strip()
-

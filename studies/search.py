@@ -1,0 +1,106 @@
+"""Which settings make CLMLF work best, and how much does each matter? A TPE search (Optuna) on Ray Tune.
+
+Question: good values for the contrastive temperature tau (log scale), the LBCL and DBCL loss weights (floats,
+0 switches a loss off), batch size, the fusion and text learning rates, the fusion and image depths, dropout
+and the LBCL variant (the paper's tau inside the softmax, or the original code's). Keys fixed with --set are
+left out of the search; --search-keys searches a subset.
+
+Early stopping: ASHA on dev/score, counted in epochs, with a grace period of at least frozen_text_epochs + 1, so
+no trial is judged before its text encoder has been fine-tuned. Optuna learns from each trial's
+selected/dev/score; test is never seen by either. Each sampled configuration runs on one seed (--set seed=N);
+studies/confirm.py re-runs the best ones on fresh seeds and reports their test numbers.
+
+Data: --dataset (default demo) under --data-root.
+
+Run:
+  python studies/search.py --num-samples 40 --max-concurrent 4
+  python studies/search.py --time-budget-hours 6 --address auto --dataset hfm --preset paper --data-root /data
+  python studies/search.py --search-keys temperature,lbcl_weight,dbcl_weight   # the losses only
+  python studies/search.py --smoke-test                                          # three tiny trials (CI)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from studies import common
+
+KIND = "search"
+SEARCH_SPACE = {
+    "temperature": tune.loguniform(0.02, 0.5),
+    "lbcl_weight": tune.uniform(0.0, 2.0),
+    "dbcl_weight": tune.uniform(0.0, 2.0),
+    "batch_size": tune.choice([16, 32, 64]),
+    "learning_rate": tune.loguniform(1e-5, 1e-3),
+    "text_learning_rate": tune.loguniform(5e-6, 1e-4),
+    "model.fusion_layers": tune.randint(1, 7),
+    "model.image_layers": tune.randint(1, 4),
+    "model.dropout": tune.uniform(0.0, 0.3),
+    "lbcl_variant": tune.choice(["paper", "original"]),
+}
+DEFAULT_SAMPLES = 20
+SMOKE_SAMPLES = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.study_parser(KIND, __doc__)
+    parser.add_argument("--search-keys", help=f"comma-separated subset of: {', '.join(SEARCH_SPACE)}")
+    parser.add_argument("--time-budget-hours", type=float, help="stop starting and running trials after this")
+    parser.add_argument("--grace-period", type=int, help="ASHA's grace period in epochs (>= frozen_text_epochs + 1)")
+    parser.add_argument("--reduction-factor", type=float, default=2, help="ASHA's reduction factor (default 2)")
+    parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+
+    def run() -> int:
+        arguments = common.parse_arguments(parser, argv, KIND)
+        common.refuse_options(arguments, {"--seeds": "each sample runs once; set its seed with --set seed=N"})
+        base = common.base_config(arguments)
+        space = searched_space(arguments)
+        common.check_space(base, space, "--search-keys/--set")
+        num_samples = arguments.num_samples or (SMOKE_SAMPLES if arguments.smoke_test else DEFAULT_SAMPLES)
+        time_budget_s = None
+        if arguments.time_budget_hours is not None:
+            if arguments.time_budget_hours <= 0:
+                raise common.StudyInputError("--time-budget-hours must be > 0")
+            time_budget_s = arguments.time_budget_hours * 3600
+            # A time budget alone samples until the time is up.
+            num_samples = arguments.num_samples or -1
+        study = common.Study(
+            kind=KIND,
+            arguments=arguments,
+            base=base,
+            space=space,
+            search_alg=OptunaSearch(metric=common.RANKING_METRIC, mode="max", seed=arguments.sampler_seed),
+            scheduler=common.phase_aware_scheduler(
+                base, arguments.grace_period, reduction_factor=arguments.reduction_factor
+            ),
+            num_samples=num_samples,
+            time_budget_s=time_budget_s,
+            shown=list(space),
+            described_space={key: common.describe_domain(domain) for key, domain in space.items()},
+        )
+        return common.run_study(study)
+
+    return common.main_guard(run)
+
+
+def searched_space(arguments) -> dict:
+    """SEARCH_SPACE, restricted to --search-keys, without the keys that --set fixes."""
+    keys = list(SEARCH_SPACE)
+    if arguments.search_keys is not None:
+        keys = [key.strip() for key in arguments.search_keys.split(",") if key.strip()]
+        unknown = [key for key in keys if key not in SEARCH_SPACE]
+        if unknown:
+            raise common.StudyInputError(
+                f"--search-keys: {unknown} are not searched keys; choose from {list(SEARCH_SPACE)}"
+            )
+    fixed = {assignment.partition("=")[0].strip() for assignment in arguments.set}
+    if fixed & set(keys):
+        print(f"note: --set fixes {sorted(fixed & set(keys))}; they are not searched")
+    return {key: SEARCH_SPACE[key] for key in keys if key not in fixed}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

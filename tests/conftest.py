@@ -1,0 +1,141 @@
+"""Shared pytest fixtures for tests that need real services (no mocks): a local multi-node Ray cluster and a
+real MLflow tracking server. Both are session-scoped, since starting them costs seconds to tens of seconds.
+
+- `clmlf_cache_dir`: one `$CLMLF_CACHE_DIR` (a tmp folder) for the whole session, set before any Ray node
+  starts so that every node and trial generates or finds the demo data set in the same place (once).
+- `ray_cluster`: a `RayCluster` from `ray.cluster_utils.Cluster`: a head node with 1 CPU and two worker nodes
+  with 1 CPU and 1 GPU each (an advertised GPU resource: CUDA stays unavailable, so `device=auto` trains on
+  CPU there). Connect a driver with `ray.init(address=cluster.address)` or pass `--address cluster.address`
+  to a study script; disconnect with `ray.shutdown()`. The cluster is shut down at the end of the session.
+- `mlflow_server`: `python -m mlflow server` on a free loopback port with a SQLite store and a local artifact
+  root in a tmp folder; yields its `http://127.0.0.1:<port>` URI and stops it at the end of the session.
+- `free_loopback_port`: a TCP port on 127.0.0.1 that nothing listens on (e.g. an unreachable server's URI).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVER_START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def clmlf_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A session-wide `$CLMLF_CACHE_DIR`, shared by the test process, Ray nodes and study subprocesses."""
+    cache_dir = tmp_path_factory.mktemp("clmlf-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLMLF_CACHE_DIR", str(cache_dir))
+        yield cache_dir
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    head_node_id: str
+    gpu_node_ids: tuple[str, ...]
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return (self.head_node_id, *self.gpu_node_ids)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(clmlf_cache_dir: Path) -> Iterator[RayCluster]:
+    """A local three-node Ray cluster (head: 1 CPU; two workers: 1 CPU + 1 advertised GPU each)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as patch:
+        # Nodes (and so every worker process) inherit the environment at start: the project must be importable
+        # there even when it is not pip-installed, and Ray's log deduplication would hide per-trial lines.
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
+        patch.setenv("RAY_DEDUP_LOGS", "0")
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+        try:
+            gpu_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+            cluster.wait_for_nodes()
+            yield RayCluster(
+                address=cluster.address,
+                head_node_id=cluster.head_node.node_id,
+                gpu_node_ids=tuple(node.node_id for node in gpu_nodes),
+            )
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            cluster.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def free_loopback_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on a free loopback port; yields its URI."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log_path = folder / "server.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--default-artifact-root", str(folder / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        # Its own process group: the server starts worker processes that must stop with it.
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answers(f"{uri}/health", server, log_path)
+        yield uri
+    finally:
+        stop_process_group(server)
+
+
+def wait_until_answers(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    stop_process_group(server)
+    pytest.fail(
+        f"mlflow server did not answer {url} within {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}"
+    )
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)

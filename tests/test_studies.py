@@ -1,0 +1,236 @@
+"""The study scripts end to end on a real local multi-node Ray cluster (smoke mode, tiny preset): placement on
+nodes and GPUs, the search space reaching the trainer, a failing trial, a killed and resumed study, and bad
+input refused before Ray starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from clmlf.config import TrainConfig, build_config, load_config_file
+from studies import ablation, common, layer_sweep, search
+from tracking.mlflow_logging import child_runs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SMOKE_EPOCHS = common.SMOKE_OVERRIDES["frozen_text_epochs"] + common.SMOKE_OVERRIDES["finetune_epochs"]
+
+
+def study_arguments(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--smoke-test",
+        "--storage-path", str(tmp_path / "tune"),
+        "--name", name,
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+    ]  # fmt: skip
+
+
+def result_rows(trial_dir: Path) -> list[dict]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(path for path in experiment.glob("trial_*") if path.is_dir())
+
+
+def read_trials_csv(experiment: Path) -> list[dict[str, str]]:
+    with (experiment / common.TRIALS_FILE).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def parent_run_id(experiment: Path) -> str:
+    return json.loads((experiment / common.PARENT_RUN_FILE).read_text())["parent_run_id"]
+
+
+@pytest.mark.parametrize(
+    ("script", "extra", "named"),
+    [
+        (layer_sweep, ["--dataset", "no-such-set"], "--dataset"),
+        (layer_sweep, ["--fusion-layers", "0,1"], "model.fusion_layers"),
+        (layer_sweep, ["--set", "model.image_layers=0"], "model.image_layers"),
+        (layer_sweep, ["--num-samples", "4"], "--num-samples"),
+        (search, ["--search-keys", "temperature", "--set", "temperature=0.1"], "search space is empty"),
+        (search, ["--grace-period", "1"], "--grace-period"),
+        (ablation, ["--variants", "mlf,no-such-variant"], "--variants"),
+    ],
+)
+def test_bad_arguments_are_refused_before_ray_starts(tmp_path, capsys, script, extra, named):
+    assert script.main(study_arguments(tmp_path, "refused", *extra)) == 2
+    assert named in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "tune").exists()
+
+
+def test_a_data_root_without_the_data_set_is_refused(tmp_path, capsys):
+    empty_root = tmp_path / "data"
+    empty_root.mkdir()
+    arguments = study_arguments(tmp_path, "refused", "--dataset", "mvsa-single", "--data-root", str(empty_root))
+    assert layer_sweep.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "--data-root" in error and str(empty_root) in error
+    assert not ray.is_initialized()
+
+
+def test_the_sweep_runs_the_shared_point_once():
+    pairs = layer_sweep.layer_pairs([1, 2, 3], [1, 2], fixed_fusion=2, fixed_image=1, grid=False)
+    assert pairs == [(1, 1), (2, 1), (3, 1), (2, 2)]
+    assert len(layer_sweep.layer_pairs([1, 2, 3], [1, 2], 2, 1, grid=True)) == 6
+
+
+def test_the_scheduler_never_judges_inside_the_text_frozen_phase():
+    base = build_config("demo", "demo").to_flat_dict()
+    frozen = base["frozen_text_epochs"]
+    scheduler = common.phase_aware_scheduler(base)
+    # ASHA's first rung (the earliest epoch at which it may stop a trial) is the end of the grace period.
+    first_rung = min(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+    assert first_rung == frozen + 1
+    assert (scheduler._time_attr, scheduler._metric) == (common.EPOCHS_COMPLETED, "dev/score")
+    with pytest.raises(common.StudyInputError, match="--grace-period"):
+        common.phase_aware_scheduler(base, grace_period=frozen)
+    with pytest.raises(common.StudyInputError, match="only dev metrics"):
+        common.phase_aware_scheduler(base, metric="test/score")
+    with pytest.raises(common.StudyInputError, match="count epochs"):
+        common.phase_aware_scheduler(base, time_attr="time_total_s")
+
+
+@pytest.mark.slow
+def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the_trainer(tmp_path, ray_cluster):
+    arguments = study_arguments(tmp_path, "sweep", "--address", ray_cluster.address, "--gpus-per-trial", "1")
+    assert layer_sweep.main(arguments) == 0
+    experiment = tmp_path / "tune" / "sweep"
+    dirs = trial_dirs(experiment)
+    # tiny preset: fusion 1 and image 1 fixed; smoke sweeps 1-2 each, the shared point (1, 1) once.
+    chosen = set()
+    nodes = set()
+    for trial_dir in dirs:
+        params = json.loads((trial_dir / "params.json").read_text())
+        rows = result_rows(trial_dir)
+        assert len(rows) == SMOKE_EPOCHS
+        for row in rows:
+            assert row["trial/node_id"] in ray_cluster.gpu_node_ids
+            assert row["trial/device"] == "cpu"
+            assert row["config"]["model.fusion_layers"] == params["model.fusion_layers"]
+        nodes.add(rows[-1]["trial/node_id"])
+        # What the trainer itself ran with, as saved in its checkpoint.
+        checkpoint = max(trial_dir.glob("checkpoint_*"))
+        trained = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)["config"]
+        assert (trained["model.fusion_layers"], trained["model.image_layers"]) == (
+            params["model.fusion_layers"],
+            params["model.image_layers"],
+        )
+        chosen.add((params["model.fusion_layers"], params["model.image_layers"]))
+    assert chosen == {(1, 1), (2, 1), (1, 2)}
+    assert len(nodes) > 1
+
+    rows = read_trials_csv(experiment)
+    assert [row["status"] for row in rows] == ["TERMINATED"] * 3
+    best = load_config_file(experiment / common.BEST_CONFIG_FILE)
+    best_row = max(rows, key=lambda row: float(row["selected/dev/score"]))
+    assert best.model.fusion_layers == int(best_row["model.fusion_layers"])
+
+    runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
+    by_trial = {run.data.tags["clmlf.trial_id"]: run for run in runs}
+    assert len(runs) == len(by_trial) == 3
+    for trial_dir in dirs:
+        params = json.loads((trial_dir / "params.json").read_text())
+        run = by_trial[trial_dir.name.removeprefix("trial_")]
+        assert run.data.params["model.fusion_layers"] == str(params["model.fusion_layers"])
+        assert run.data.params["model.image_layers"] == str(params["model.image_layers"])
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_cluster, capsys):
+    # text-only never builds the image encoder, so only the image-only trial meets the missing weights file
+    # (the config is valid; the file is looked for when the model is built, in the trial).
+    arguments = study_arguments(
+        tmp_path,
+        "faulty",
+        "--address", ray_cluster.address,
+        "--variants", "text-only,image-only",
+        "--set", "model.image_weights=/nonexistent/weights.pth",
+    )  # fmt: skip
+    assert ablation.main(arguments) == 0
+    printed = capsys.readouterr().out
+    experiment = tmp_path / "tune" / "faulty"
+    rows = {row["model.variant"]: row for row in read_trials_csv(experiment)}
+    assert rows["text-only"]["status"] == "TERMINATED"
+    assert rows["image-only"]["status"] == "ERROR"
+    assert "/nonexistent/weights.pth" in rows["image-only"]["error"]
+    assert "failed trials (1)" in printed and rows["image-only"]["trial_id"] in printed
+
+    runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
+    failed = [run for run in runs if run.data.tags["clmlf.trial_id"] == rows["image-only"]["trial_id"]]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert failed[0].data.tags["clmlf.status"] == "ERROR"
+    assert "EncoderUnavailable" in failed[0].data.tags["clmlf.error"]
+    assert failed[0].data.tags["clmlf.retries"] == str(common.RETRIES_PER_TRIAL)
+
+
+def experiment_statuses(experiment: Path) -> dict[str, str]:
+    """Trial id -> status in Tune's newest saved experiment state."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        state = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    trials = [json.loads(trial_json) for trial_json, _ in state["trial_data"]]
+    return {trial["trial_id"]: trial["status"] for trial in trials}
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_cluster):
+    arguments = study_arguments(tmp_path, "resumable", "--address", ray_cluster.address, "--max-concurrent", "1")
+    script = str(PROJECT_ROOT / "studies" / "layer_sweep.py")
+    experiment = tmp_path / "tune" / "resumable"
+    with (tmp_path / "first.log").open("w") as log:
+        driver = subprocess.Popen([sys.executable, script, *arguments], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            if "TERMINATED" in experiment_statuses(experiment).values():
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, f"the study ended before it was killed:\n{(tmp_path / 'first.log').read_text()}"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    finished = {trial_id for trial_id, status in experiment_statuses(experiment).items() if status == "TERMINATED"}
+    assert 1 <= len(finished) < 3
+    finished_results = {trial_id: result_rows(experiment / f"trial_{trial_id}") for trial_id in finished}
+
+    resumed = subprocess.run(
+        [sys.executable, script, "--resume", "--name", "resumable", "--storage-path", str(tmp_path / "tune"),
+         "--address", ray_cluster.address],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    rows = read_trials_csv(experiment)
+    assert sorted(row["trial_id"] for row in rows) == sorted(experiment_statuses(experiment))
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"TERMINATED"}
+    for trial_id, results in finished_results.items():
+        assert result_rows(experiment / f"trial_{trial_id}") == results
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
+    assert sorted(run.data.tags["clmlf.trial_id"] for run in runs) == sorted(row["trial_id"] for row in rows)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(SMOKE_EPOCHS))
+    assert client.get_run(parent_run_id(experiment)).info.status == "FINISHED"
+    assert TrainConfig.from_flat_dict(json.loads((experiment / common.BEST_CONFIG_FILE).read_text()))

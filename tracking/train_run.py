@@ -1,0 +1,128 @@
+"""One training run outside any study, logged to MLflow like a study's trial.
+
+`python -m tracking.train_run <the arguments of python -m clmlf.train> [--tracking-uri URI]` trains exactly as
+`clmlf.train` does and logs one run in the experiment `clmlf/standalone/<dataset>`: the same tags, params
+(the full flat config), per-epoch metrics (step = epoch) and artifacts as a study's child run. With --resume
+the run continues in the same MLflow run (its id is kept in OUTPUT/mlflow_run.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from clmlf.config import ConfigError
+from clmlf.data import DataError
+from clmlf.encoders import EncoderUnavailable
+from clmlf.train import CHECKPOINT_FILE, config_from_arguments, parse_arguments, resolve_device, train
+from tracking.mlflow_logging import (
+    ERROR_TAG_CHARACTERS,
+    RunRecorder,
+    TrackingUnavailable,
+    check_tracking_uri,
+    default_tracking_uri,
+    ensure_experiment,
+    experiment_name,
+    git_commit,
+)
+
+RUN_FILE = "mlflow_run.json"
+STUDY = "standalone"
+
+
+def main(argv: list[str] | None = None) -> int:
+    tracking_parser = argparse.ArgumentParser(add_help=False)
+    tracking_parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    tracking_arguments, rest = tracking_parser.parse_known_args(argv)
+    arguments = parse_arguments(rest)
+    tracking_uri = tracking_arguments.tracking_uri or default_tracking_uri()
+    try:
+        config = config_from_arguments(arguments)
+        check_tracking_uri(tracking_uri)
+    except (ConfigError, TrackingUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output = Path(arguments.output)
+    checkpoint = output / "checkpoint"
+    resume_from = checkpoint if arguments.resume and (checkpoint / CHECKPOINT_FILE).is_file() else None
+    recorder = open_run(tracking_uri, config.to_flat_dict(), output, resume=resume_from is not None)
+    print(f"MLflow: {tracking_uri}, experiment {experiment_name(STUDY, config.dataset)}, run {recorder.run_id}")
+
+    def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
+        recorder.log_epoch(metrics, epoch)
+
+    try:
+        result = train(config, report, output_dir=output, resume_from=resume_from, progress=True)
+    except (ConfigError, DataError, EncoderUnavailable) as error:
+        close_failed(recorder, config.to_flat_dict(), str(error), "FAILED")
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        close_failed(recorder, config.to_flat_dict(), "interrupted", "KILLED")
+        raise
+    except Exception:
+        close_failed(recorder, config.to_flat_dict(), traceback.format_exc(), "FAILED")
+        raise
+    recorder.log_outcome(result.config)
+    recorder.set_tags({"clmlf.status": "TERMINATED"})
+    recorder.finish("FINISHED")
+    print(f"selected epoch {result.selected_epoch + 1}: dev score {result.dev['dev/score']:.4f}")
+    return 0
+
+
+def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resume: bool) -> RunRecorder:
+    """A new run, or with --resume the run that the output folder's earlier training logged to."""
+    client = MlflowClient(tracking_uri)
+    dataset = flat_config["dataset"]
+    run_file = output / RUN_FILE
+    if resume and run_file.is_file():
+        saved = json.loads(run_file.read_text())
+        if saved.get("tracking_uri") == tracking_uri:
+            recorder = RunRecorder(client, saved["run_id"], dataset)
+            recorder.logged_epochs = {
+                int(metric.step) for metric in client.get_metric_history(saved["run_id"], "selected/dev/score")
+            }
+            client.update_run(saved["run_id"], status="RUNNING")
+            return recorder
+    experiment_id = ensure_experiment(client, experiment_name(STUDY, dataset))
+    run = client.create_run(
+        experiment_id,
+        run_name=output.resolve().name,
+        tags={
+            "clmlf.role": STUDY,
+            "clmlf.study": STUDY,
+            "clmlf.study_name": output.resolve().name,
+            "clmlf.dataset": dataset,
+            "clmlf.variant": str(flat_config["model.variant"]),
+            "clmlf.trial_id": output.resolve().name,
+            "clmlf.seed": str(flat_config["seed"]),
+            "clmlf.node": socket.gethostname(),
+            "clmlf.device": str(resolve_device(flat_config["device"])),
+            "clmlf.git_commit": git_commit(),
+            "clmlf.status": "RUNNING",
+            "clmlf.retries": "0",
+            "clmlf.output": str(output.resolve()),
+        },
+    )
+    recorder = RunRecorder(client, run.info.run_id, dataset)
+    recorder.log_params(flat_config)
+    output.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"tracking_uri": tracking_uri, "run_id": run.info.run_id}, indent=2))
+    return recorder
+
+
+def close_failed(recorder: RunRecorder, flat_config: dict[str, Any], error: str, status: str) -> None:
+    recorder.log_outcome(flat_config)
+    recorder.set_tags({"clmlf.status": "ERROR", "clmlf.error": error[:ERROR_TAG_CHARACTERS]})
+    recorder.finish(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
