@@ -60,7 +60,8 @@ def measure_preset(preset: str, environment: dict, train_batches: int) -> list[d
     rows = []
     uncached = run_training(preset, {**phases, "feature_cache": False}, environment)
     build_started = time.perf_counter()
-    run_training(preset, {"frozen_text_epochs": 1, "finetune_epochs": 0, "max_train_batches": 1, "feature_cache": True}, environment)
+    build_run = {"frozen_text_epochs": 1, "finetune_epochs": 0, "max_train_batches": 1, "feature_cache": True}
+    run_training(preset, build_run, environment)
     build_seconds = time.perf_counter() - build_started
     cached = run_training(preset, {**phases, "feature_cache": True}, environment)
     for label, measured in (("off", uncached), ("on", cached)):

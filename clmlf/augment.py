@@ -22,9 +22,7 @@ def evaluation_transform(image_size: int) -> transforms.Compose:
     return transforms.Compose(_resize_and_crop(image_size) + _to_normalized_tensor())
 
 
-def augmentation_transform(
-    image_size: int, randaugment_ops: int, randaugment_magnitude: int
-) -> transforms.Compose:
+def augmentation_transform(image_size: int, randaugment_ops: int, randaugment_magnitude: int) -> transforms.Compose:
     """RandAugment (2 ops at magnitude 14 in the paper) plus a horizontal flip, on the cropped image."""
     steps = [*_resize_and_crop(image_size), transforms.RandomHorizontalFlip()]
     if randaugment_ops > 0:

@@ -306,9 +306,7 @@ def _write_translations(
     if missing:
         report.kept_with_issue[MISSING_TRANSLATION] = missing
     entries = [
-        {"id": post_id, "text_translation": translations[post_id]}
-        for post_id in kept_ids
-        if post_id in translations
+        {"id": post_id, "text_translation": translations[post_id]} for post_id in kept_ids if post_id in translations
     ]
     _write_json(destination, entries)
     report.translation_file = str(destination)
@@ -335,14 +333,11 @@ def convert_mvsa(
     raw = Path(raw_dir)
     data_dir = raw / "data"
     if not data_dir.is_dir():
-        raise RawReleaseError(
-            f"{data_dir}: directory not found (the release keeps <id>.txt and <id>.jpg there)"
-        )
+        raise RawReleaseError(f"{data_dir}: directory not found (the release keeps <id>.txt and <id>.jpg there)")
     labels = read_mvsa_labels(raw / "labelResultAll.txt", MVSA_ANNOTATORS[name])
 
     dropped: dict[str, list[str]] = {
-        reason: []
-        for reason in (NO_MAJORITY, CONFLICTING_LABELS, MISSING_TEXT_FILE, MISSING_IMAGE, EMPTY_TEXT)
+        reason: [] for reason in (NO_MAJORITY, CONFLICTING_LABELS, MISSING_TEXT_FILE, MISSING_IMAGE, EMPTY_TEXT)
     }
     posts: list[_Post] = []
     for post_id in sorted(labels, key=_numeric_order):
@@ -444,9 +439,7 @@ def convert_hfm(
     is counted, not dropped.
     """
     raw = Path(raw_dir)
-    split_posts = {
-        split: read_hfm_split(raw / "text" / file_name) for split, file_name in HFM_RAW_SPLITS.items()
-    }
+    split_posts = {split: read_hfm_split(raw / "text" / file_name) for split, file_name in HFM_RAW_SPLITS.items()}
     dropped: dict[str, list[str]] = {SARCASM_KEYWORD: [], DUPLICATE_ID: []}
     kept: dict[str, list[_Post]] = {split: [] for split in split_posts}
     kept_ids: set[str] = set()
@@ -508,9 +501,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--raw", required=True, type=Path, help="raw release directory")
         sub.add_argument("--out", required=True, type=Path, help="data root to write <name>/ under")
         sub.add_argument("--translations", type=Path, help="JSON list of {id, text_translation} (for DBCL)")
-        sub.add_argument(
-            "--link", action="store_true", help="hard-link (else symlink) images instead of copying"
-        )
+        sub.add_argument("--link", action="store_true", help="hard-link (else symlink) images instead of copying")
     return parser
 
 

@@ -238,9 +238,7 @@ def load_dataset(
     subject = f"data set {spec.name!r} at {directory}"
 
     problems: list[Problem] = []
-    records = {
-        split: _read_split(split, directory / spec.split_files[split], spec, problems) for split in SPLITS
-    }
+    records = {split: _read_split(split, directory / spec.split_files[split], spec, problems) for split in SPLITS}
     _check_unique_ids(records, problems)
 
     translations: dict[str, str] = {}
@@ -290,9 +288,7 @@ def load_dataset(
                 reason = image_reasons[record.id]
                 if image_policy == "skip":
                     affected["images_skipped"] += 1
-                    warnings.append(
-                        Problem(image_path, record.id, f"image {reason}; post skipped from {split}")
-                    )
+                    warnings.append(Problem(image_path, record.id, f"image {reason}; post skipped from {split}"))
                     continue
                 affected["images_blanked"] += 1
                 warnings.append(Problem(image_path, record.id, f"image {reason}; post kept without an image"))
@@ -357,9 +353,7 @@ def _read_json_list(path: Path, what: str, problems: list[Problem]) -> list[Any]
         problems.append(Problem(path, None, f"{what} file cannot be read: {error}"))
         return None
     if not isinstance(content, list):
-        problems.append(
-            Problem(path, None, f"{what} file must hold a JSON list, found {type(content).__name__}")
-        )
+        problems.append(Problem(path, None, f"{what} file must hold a JSON list, found {type(content).__name__}"))
         return None
     return content
 
@@ -376,9 +370,7 @@ def _record_id(path: Path, index: int, entry: Any, problems: list[Problem]) -> s
     record_id = entry["id"]
     if not isinstance(record_id, str):
         problems.append(
-            Problem(
-                path, None, f"{where}: 'id' must be a string, found {type(record_id).__name__} {record_id!r}"
-            )
+            Problem(path, None, f"{where}: 'id' must be a string, found {type(record_id).__name__} {record_id!r}")
         )
         return None
     if not record_id.strip():
@@ -437,9 +429,7 @@ def _check_unique_ids(records: dict[str, list[_Record]], problems: list[Problem]
             problems.append(Problem(record.file, record.id, f"duplicate id: already used {where}"))
 
 
-def _read_translations(
-    path: Path, records: dict[str, list[_Record]], problems: list[Problem]
-) -> dict[str, str]:
+def _read_translations(path: Path, records: dict[str, list[_Record]], problems: list[Problem]) -> dict[str, str]:
     """Back-translations by id; problems for malformed entries and for posts without a usable translation."""
     entries = _read_json_list(path, "translation", problems)
     if entries is None:
@@ -456,9 +446,7 @@ def _read_translations(
         translation = entry["text_translation"]
         if not isinstance(translation, str):
             problems.append(
-                Problem(
-                    path, entry_id, f"'text_translation' must be a string, found {type(translation).__name__}"
-                )
+                Problem(path, entry_id, f"'text_translation' must be a string, found {type(translation).__name__}")
             )
             continue
         if translations.setdefault(entry_id, translation) != translation:
@@ -468,9 +456,7 @@ def _read_translations(
             if record.id in conflicting:
                 problems.append(Problem(path, record.id, "has more than one different 'text_translation'"))
             elif record.id not in translations:
-                problems.append(
-                    Problem(path, record.id, f"no translation for this post of {record.file.name}")
-                )
+                problems.append(Problem(path, record.id, f"no translation for this post of {record.file.name}"))
     return translations
 
 
@@ -478,9 +464,7 @@ def _check_images(image_folder: Path, records: dict[str, list[_Record]]) -> dict
     """Why each unusable image is unusable, by post id; each image is decoded once."""
     ids = [record.id for split_records in records.values() for record in split_records]
     with _truncated_images_refused(), ThreadPoolExecutor() as pool:
-        reasons = pool.map(
-            _image_problem, [_image_path(image_folder, post_id) for post_id in ids], chunksize=64
-        )
+        reasons = pool.map(_image_problem, [_image_path(image_folder, post_id) for post_id in ids], chunksize=64)
         return {post_id: reason for post_id, reason in zip(ids, reasons, strict=True) if reason is not None}
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DATASET_FOLDER = "demo"
 SPLIT_FOLDER = "10-flod-1"  # the original code's spelling, kept so the MVSA readers work unchanged
 TRANSLATION_FILE = "demo_translation.json"
@@ -53,7 +53,7 @@ NEUTRAL_SUBJECTS = ("face", "house", "tree", "car")
 
 @dataclass(frozen=True)
 class DemoSizes:
-    train: int = 600
+    train: int = 400
     dev: int = 150
     test: int = 150
 

@@ -117,12 +117,17 @@ def load_text_encoder(name: str) -> nn.Module:
     entry = TEXT_ENCODERS.get(name)
     if entry is not None and entry.random_init is not None:
         config = AutoConfig.from_pretrained(entry.folder(), **entry.random_init)
-        return AutoModel.from_config(config)
+        return AutoModel.from_config(config, add_pooling_layer=False)
     return _from_pretrained(AutoModel, name, add_pooling_layer=False)
 
 
 def _from_pretrained(loader, name: str, **kwargs):
     source = text_encoder_source(name)
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise EncoderUnavailable(
+            f"model.text_encoder: no model folder at {name}; give a Hugging Face model folder (config.json, "
+            "weights, vocabulary) or a hub name"
+        )
     try:
         return loader.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clmlf.config import ModelConfig
-from clmlf.encoders import ImageBackbone, load_text_encoder, text_encoder_source, text_encoder_width
+from clmlf.config import ConfigError, ModelConfig
+from clmlf.encoders import EncoderUnavailable, ImageBackbone, load_text_encoder, text_encoder_source, text_encoder_width
 
 
 @dataclass
@@ -101,15 +101,9 @@ class CLMLF(nn.Module):
         self.config = config
         # The text encoder is built even for image-only runs: it fixes the fusion width D.
         self.text_encoder = load_text_encoder(config.text_encoder) if config.uses_text else None
-        width = (
-            self.text_encoder.config.hidden_size
-            if self.text_encoder is not None
-            else _width_from_name(config)
-        )
+        width = self.text_encoder.config.hidden_size if self.text_encoder is not None else _width_from_name(config)
         if width % config.heads:
-            raise ValueError(
-                f"model.heads: the fusion width {width} is not divisible by {config.heads} heads"
-            )
+            raise ConfigError(f"model.heads: the fusion width {width} is not divisible by {config.heads} heads")
         self.width = width
         if config.uses_images:
             self.image_backbone = ImageBackbone(config.image_encoder, config.image_weights, config.image_size)
@@ -119,9 +113,7 @@ class CLMLF(nn.Module):
             self.image_backbone = None
         # Fusion exists only when both modalities do; the single-modality rows pool their own tokens.
         self.fusion_transformer = (
-            transformer_layers(config, width, config.fusion_layers)
-            if config.uses_text and config.uses_images
-            else None
+            transformer_layers(config, width, config.fusion_layers) if config.uses_text and config.uses_images else None
         )
         self.attention_pooling = AttentionPooling(width)
         self.classifier = Classifier(width, classes, config.dropout)
@@ -170,5 +162,8 @@ def _width_from_name(config: ModelConfig) -> int:
     if width is None:
         from transformers import AutoConfig
 
-        width = AutoConfig.from_pretrained(text_encoder_source(config.text_encoder)).hidden_size
+        try:
+            width = AutoConfig.from_pretrained(text_encoder_source(config.text_encoder)).hidden_size
+        except (OSError, ValueError) as error:
+            raise EncoderUnavailable(f"model.text_encoder: cannot read {config.text_encoder!r}: {error}") from error
     return width

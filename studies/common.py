@@ -1,11 +1,7 @@
 """What every study shares: the command line, the Tune adapter around the trainer, resources, storage, the Tuner
-(new or restored), the MLflow parent run, the result table and the export.
-
-A study script only says what it asks: its search space in the config's flat keys (a list of points, or Tune
-domains), how to group the table, and optionally a searcher and a scheduler. Everything that can be refused is
-refused here before Ray starts (exit code 2): unknown data sets, a data root without the data set, configs that
-do not validate, an empty search space, an unreachable MLflow server. Trials are ranked on
-`selected/dev/score` (mode max); test metrics are read and printed, never used to rank or prune.
+(new or restored), the MLflow parent run, the result table and the export. A study script only says what it asks
+(points or Tune domains in the config's flat keys, a table grouping, maybe a searcher and a scheduler); bad input
+is refused here before Ray starts (exit code 2), and trials are ranked on `selected/dev/score` only.
 """
 
 from __future__ import annotations
@@ -23,6 +19,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from clmlf.config import PRESETS, ConfigError, TrainConfig, build_config, parse_overrides
 from clmlf.data import DataError, dataset_spec, load_dataset
@@ -42,8 +40,8 @@ from tracking.mlflow_logging import (
 
 RANKING_METRIC = "selected/dev/score"
 RANKING_MODE = "max"
-# Tune's own `training_iteration` restarts nothing on resume either, but an explicit epoch count is what a
-# phase-aware scheduler must measure, whatever else a trial reports.
+# Reported by every trial: the time axis of the phase-aware scheduler. Tune's `training_iteration` counts
+# report() calls, which only happens to equal epochs.
 EPOCHS_COMPLETED = "epochs_completed"
 ADDRESS_VARIABLE = "CLMLF_RAY_ADDRESS"
 STORAGE_VARIABLE = "CLMLF_STORAGE_PATH"
@@ -62,7 +60,6 @@ RETRIES_PER_TRIAL = 2
 # What --resume takes from the command line; everything else comes from the study's saved arguments.
 RUNTIME_OPTIONS = ("address", "resume", "resume_errored", "tracking_uri")
 FINISHED_STATUSES = ("TERMINATED", "ERROR")
-SUMMARY_METRICS = ("selected/dev/score", "selected/test/acc", "selected/test/f1_weighted", "selected/test/f1_macro")
 
 
 class StudyInputError(ValueError):
@@ -103,6 +100,9 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--resume-errored", action="store_true", help="with --resume: also retry failed trials")
     parser.add_argument("--smoke-test", action="store_true", help="a handful of tiny trials (CI)")
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep finished trials' last checkpoints (the trained models)"
+    )
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default $CLMLF_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
     )
@@ -154,7 +154,9 @@ def base_config(arguments: argparse.Namespace) -> dict[str, Any]:
     except ValueError as error:
         raise StudyInputError(f"--dataset: {error}") from error
     preset = "tiny" if arguments.smoke_test else arguments.preset
-    overrides: dict[str, Any] = {}
+    # Studies share frozen encoders' outputs between trials (clmlf/features.py); --set feature_cache=false
+    # turns it off.
+    overrides: dict[str, Any] = {"feature_cache": True}
     if arguments.data_root:
         overrides["data_root"] = str(Path(arguments.data_root).expanduser().resolve())
     if arguments.smoke_test:
@@ -545,6 +547,21 @@ def study_arguments(arguments: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in vars(arguments).items() if key != "resume"}
 
 
+class DropFinishedCheckpoints(Callback):
+    """At the end of a study, deletes the checkpoints of its finished trials.
+
+    Checkpoints are there to continue unfinished trials; a study keeps configs and metrics, not models
+    (best_config.json trains the best one again), and a paper-sized trial's checkpoint is over a gigabyte.
+    Failed trials keep theirs for --resume-errored.
+    """
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        for trial in trials:
+            checkpoint = trial.checkpoint
+            if trial.status == "TERMINATED" and checkpoint is not None:
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+
+
 def new_tuner(study: Study, trainable, name: str, storage: str, study_run: StudyRun):
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -571,7 +588,8 @@ def new_tuner(study: Study, trainable, name: str, storage: str, study_run: Study
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            callbacks=[MlflowStudyCallback(study_run, study.base)],
+            callbacks=[MlflowStudyCallback(study_run, study.base)]
+            + ([] if arguments.keep_checkpoints else [DropFinishedCheckpoints()]),
             failure_config=tune.FailureConfig(max_failures=RETRIES_PER_TRIAL),
             # One checkpoint per trial: Tune then saves its experiment state with every checkpoint, so a
             # killed driver never leaves a state that points at a deleted checkpoint.
@@ -611,7 +629,7 @@ def conclude(study: Study, records: list[TrialRecord], experiment_path: str, stu
         print(f"  open the UI: mlflow ui --backend-store-uri {study_run.tracking_uri}")
     if unfinished:
         print(
-            f"\n{len(unfinished)} trials did not finish (interrupted); continue with: "
+            f"\n{len(unfinished)} trial(s) did not finish (interrupted); continue with: "
             f"python studies/{study.kind}.py --resume --name {study_run.study_name}"
         )
         return 130
@@ -691,7 +709,7 @@ def print_summary(study: Study, records: list[TrialRecord]) -> None:
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(visible.to_string(index=False))
         if study.group_by:
-            described = ", ".join(f"{key}={table[key].iloc[0]}" for key in study.group_by)
+            described = ", ".join(f"{key}={short(table[key].iloc[0])}" for key in study.group_by)
             print(f"\nbest by dev (mean over seeds): {described}: dev score {table['dev score'].iloc[0]}")
     failed = [record for record in records if record.status == "ERROR"]
     if failed:
@@ -701,7 +719,7 @@ def print_summary(study: Study, records: list[TrialRecord]) -> None:
             print(f"  {record.trial_id} {varied}: {record.error}")
     best = best_trial(records)
     if best is not None:
-        differing = {key: value for key, value in best.config.items() if study.base.get(key) != value}
+        differing = {key: short(value) for key, value in best.config.items() if study.base.get(key) != value}
         print(
             f"best trial by dev: {best.trial_id} {differing}: dev score {best.metrics[RANKING_METRIC]:.4f}, "
             f"test acc {best.metrics.get('selected/test/acc', math.nan):.4f}"

@@ -204,7 +204,7 @@ def write_summary(study: common.Study, plan: dict[str, Any]) -> None:
         seeds = sorted(record.config.get("seed") for record in runs)
         entries.append({"rank": rank, "config": group["config"], "study_dev": group["dev"], "fresh_seeds": seeds,
                         "metrics": spread})  # fmt: skip
-        described = ", ".join(f"{key}={value}" for key, value in point.items()) or "the best configuration"
+        described = ", ".join(f"{key}={common.short(value)}" for key, value in point.items()) or "the best config"
         numbers = ", ".join(
             f"{metric.removeprefix('selected/')} {values['mean']:.4f}"
             + (f" ± {values['std']:.4f}" if values["std"] is not None else "")

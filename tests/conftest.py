@@ -103,7 +103,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]  # fmt: skip
     with log_path.open("w") as log:
         # Its own process group: the server starts worker processes that must stop with it.
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The job runner (GenAI features) starts a pool of huey workers that this test machine cannot spare.
+        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_answers(f"{uri}/health", server, log_path)

@@ -55,9 +55,7 @@ def make_records(prefix: str, count: int, num_classes: int = 3) -> list[dict[str
 
 
 def translations_for(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"id": record["id"], "text_translation": f"back-translated {record['text']}"} for record in records
-    ]
+    return [{"id": record["id"], "text_translation": f"back-translated {record['text']}"} for record in records]
 
 
 def write_dataset(

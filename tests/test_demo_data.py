@@ -110,7 +110,7 @@ def test_ids_are_unique_across_splits_and_not_contiguous(default_root):
 def test_every_label_has_at_least_a_fifth_of_train(default_root):
     labels = Counter(record["emotion_label"] for record in load_split(default_root, "train"))
     assert set(labels) == {0, 1, 2}
-    assert all(count >= 0.2 * 600 for count in labels.values()), labels
+    assert all(count >= 0.2 * 400 for count in labels.values()), labels
 
 
 def test_kinds_are_stratified_and_labels_follow_the_kind(default_root):
@@ -128,7 +128,7 @@ def test_kinds_are_stratified_and_labels_follow_the_kind(default_root):
             assert post["kind"] == NEUTRAL and post["text_sentiment"] == post["image_sentiment"] == "neutral"
         sentiment = post["text_sentiment"] if post["text_sentiment"] != "neutral" else post["image_sentiment"]
         assert post["emotion_label"] == label_of[sentiment]
-    for split, size in [("train", 600), ("dev", 150), ("test", 150)]:
+    for split, size in [("train", 400), ("dev", 150), ("test", 150)]:
         kinds = Counter(post["kind"] for post in posts.values() if post["split"] == split)
         assert abs(kinds[TEXT_BORNE] / size - 0.30) < 0.02 and abs(kinds[NEUTRAL] / size - 0.25) < 0.02, kinds
 
@@ -220,7 +220,7 @@ def test_ensure_generates_once_and_reuses(tmp_path):
     stamp = generation.stat().st_mtime_ns
     assert ensure_demo_dataset(tmp_path, seed=2) == data_root
     assert generation.stat().st_mtime_ns == stamp
-    assert len(load_split(data_root, "train")) == 600
+    assert len(load_split(data_root, "train")) == 400
     assert [child.name for child in tmp_path.iterdir()] == [data_root.name]
 
 

@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from clmlf.config import TrainConfig, build_config, load_config_file
-from studies import ablation, common, layer_sweep, search
+from studies import ablation, common, confirm, layer_sweep, search
 from tracking.mlflow_logging import child_runs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -104,10 +104,20 @@ def test_the_scheduler_never_judges_inside_the_text_frozen_phase():
         common.phase_aware_scheduler(base, time_attr="time_total_s")
 
 
-@pytest.mark.slow
-def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the_trainer(tmp_path, ray_cluster):
-    arguments = study_arguments(tmp_path, "sweep", "--address", ray_cluster.address, "--gpus-per-trial", "1")
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, ray_cluster) -> Path:
+    """A smoke layer sweep run once on the cluster with one GPU per trial; its folder holds tune/ and mlflow.db."""
+    folder = tmp_path_factory.mktemp("sweep")
+    arguments = study_arguments(
+        folder, "sweep", "--address", ray_cluster.address, "--gpus-per-trial", "1", "--keep-checkpoints"
+    )
     assert layer_sweep.main(arguments) == 0
+    return folder
+
+
+@pytest.mark.slow
+def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the_trainer(finished_sweep, ray_cluster):
+    tmp_path = finished_sweep
     experiment = tmp_path / "tune" / "sweep"
     dirs = trial_dirs(experiment)
     # tiny preset: fusion 1 and image 1 fixed; smoke sweeps 1-2 each, the shared point (1, 1) once.
@@ -147,6 +157,31 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
         run = by_trial[trial_dir.name.removeprefix("trial_")]
         assert run.data.params["model.fusion_layers"] == str(params["model.fusion_layers"])
         assert run.data.params["model.image_layers"] == str(params["model.image_layers"])
+
+
+@pytest.mark.slow
+def test_confirm_reruns_the_best_configurations_on_fresh_seeds(finished_sweep, ray_cluster, tmp_path):
+    sweep = finished_sweep / "tune" / "sweep"
+    arguments = [
+        "--study", str(sweep),
+        "--top-k", "2",
+        "--seeds", "1",
+        "--smoke-test",
+        "--address", ray_cluster.address,
+        "--storage-path", str(tmp_path / "tune"),
+        "--name", "confirmed",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    assert confirm.main(arguments) == 0
+    swept = sorted(read_trials_csv(sweep), key=lambda row: float(row["selected/dev/score"]), reverse=True)
+    expected = {(row["model.fusion_layers"], row["model.image_layers"]) for row in swept[:2]}
+    rows = read_trials_csv(tmp_path / "tune" / "confirmed")
+    assert {(row["model.fusion_layers"], row["model.image_layers"]) for row in rows} == expected
+    # The sweep ran seed 0 only: the first fresh seed is 1.
+    assert {row["seed"] for row in rows} == {"1"}
+    summary = json.loads((tmp_path / "tune" / "confirmed" / confirm.SUMMARY_FILE).read_text())
+    assert [entry["fresh_seeds"] for entry in summary] == [[1], [1]]
+    assert all(entry["metrics"]["selected/test/acc"]["n"] == 1 for entry in summary)
 
 
 @pytest.mark.slow
@@ -223,6 +258,8 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_
     rows = read_trials_csv(experiment)
     assert sorted(row["trial_id"] for row in rows) == sorted(experiment_statuses(experiment))
     assert len(rows) == 3 and {row["status"] for row in rows} == {"TERMINATED"}
+    # Finished trials need no checkpoint once the study is over.
+    assert not list(experiment.glob("trial_*/checkpoint_*"))
     for trial_id, results in finished_results.items():
         assert result_rows(experiment / f"trial_{trial_id}") == results
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -274,7 +274,9 @@ def test_an_unreachable_text_encoder_fails_at_start_with_a_hint(small_data, tmp_
 
 @pytest.mark.slow
 def test_a_short_run_on_the_demo_set_beats_the_majority_class():
-    config = build_config("demo", "tiny", {"max_train_batches": 25, "finetune_epochs": 2})
+    # The fusion model without the contrastive tasks: one forward pass per step (DBCL needs two), and the
+    # classifier is not competing with two tau = 0.07 losses, so 2 x 20 steps are enough to learn.
+    config = build_config("demo", "tiny", {"model.variant": "mlf", "max_train_batches": 20})
     result = train(config, log=lambda message: None)
     dataset = load_dataset("demo", None, need_images=False, need_translations=False)
     train_labels = [post.label for post in dataset.splits["train"]]
@@ -283,8 +285,8 @@ def test_a_short_run_on_the_demo_set_beats_the_majority_class():
         for split in ("dev", "test")
     }
     assert majority["dev"] == pytest.approx(0.3733, abs=1e-3)
-    assert result.dev["dev/acc"] > majority["dev"] + 0.1
-    assert result.test["test/acc"] > majority["test"] + 0.05
+    assert result.dev["dev/acc"] > majority["dev"] + 0.15
+    assert result.test["test/acc"] > majority["test"] + 0.1
 
 
 def test_a_text_only_run_needs_no_images(tmp_path):

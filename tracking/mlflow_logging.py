@@ -495,7 +495,8 @@ def trial_error_text(trial) -> str:
     path = trial.error_file
     if path and Path(path).is_file():
         return Path(path).read_text(errors="replace")
-    return "unknown error (Tune wrote no error file)"
+    # With remote storage the driver's staging copy may be gone; Tune also keeps it with the trial.
+    return trial.get_error() or "unknown error (Tune wrote no error file)"
 
 
 def latest_failure(error_text: str) -> str:
