@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clmlf.encoders import IMAGE_ENCODERS, image_weights_problem, text_encoder_width
+from clmlf.encoders import IMAGE_ENCODERS, LOCAL_FOLDER_HINT, image_weights_problem, text_encoder_width
 
 VARIANTS = ("full", "mlf", "mlf-lbcl", "mlf-dbcl", "text-only", "image-only")
 LBCL_VARIANTS = ("paper", "original")
@@ -77,7 +77,7 @@ class ModelConfig:
         _require(
             not self.text_encoder.startswith(("/", ".", "~")) or Path(self.text_encoder).expanduser().is_dir(),
             "model.text_encoder",
-            f"no model folder at {self.text_encoder}",
+            f"no model folder at {self.text_encoder}. {LOCAL_FOLDER_HINT}",
         )
         _require(self.image_size >= 32, "model.image_size", f"must be >= 32 pixels, got {self.image_size}")
         _require(self.fusion_layers >= 1, "model.fusion_layers", f"must be >= 1, got {self.fusion_layers}")

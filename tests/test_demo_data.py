@@ -101,7 +101,7 @@ def test_layout_and_json_shapes_match_the_mvsa_format(tmp_path):
 
 def test_ids_are_unique_across_splits_and_not_contiguous(default_root):
     ids = [record["id"] for split in ("train", "dev", "test") for record in load_split(default_root, split)]
-    assert len(ids) == len(set(ids)) == 900
+    assert len(ids) == len(set(ids)) == 700
     numbers = sorted(int(post_id) for post_id in ids)
     assert numbers[-1] - numbers[0] + 1 > len(numbers)
     assert [int(post_id) for post_id in ids] != numbers
@@ -244,7 +244,7 @@ def test_ensure_is_safe_when_processes_race(tmp_path):
     assert roots[0] == roots[1] == roots[2] == tmp_path / f"demo-v{DEMO_VERSION}-seed0"
     assert (roots[0] / "demo" / COMPLETE_MARKER).is_file()
     ids = [record["id"] for split in ("train", "dev", "test") for record in load_split(roots[0], split)]
-    assert len(list((roots[0] / "demo" / "dataset_image").iterdir())) == len(ids) == 900
+    assert len(list((roots[0] / "demo" / "dataset_image").iterdir())) == len(ids) == 700
     assert [child.name for child in tmp_path.iterdir()] == [roots[0].name]
 
 

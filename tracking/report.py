@@ -105,6 +105,8 @@ class Trial:
     status: str = "TERMINATED"
     # Why the trial is left out of every mean (None: it counts); shown in the failed-trials table.
     failure: str | None = None
+    # Restarts from the trial's last checkpoint (a lost worker node, an exception); MLflow tag clmlf.retries.
+    retries: int = 0
 
     @property
     def completed(self) -> bool:
@@ -169,6 +171,10 @@ class DatasetReport:
     @property
     def failed(self) -> list[Trial]:
         return [trial for trial in self.trials if not trial.completed]
+
+    @property
+    def retried(self) -> list[Trial]:
+        return [trial for trial in self.trials if trial.retries]
 
     @property
     def best(self) -> Configuration | None:
@@ -312,6 +318,7 @@ def _trial_from_run(run: Any, parent: Any, experiment_name: str, tracking_uri: s
         parent_run_id=tags.get("mlflow.parentRunId"),
         metrics={key: float(value) for key, value in run.data.metrics.items() if key in TRIAL_METRICS},
         status=tags.get("clmlf.status") or _TUNE_STATUS_OF_RUN.get(run.info.status, run.info.status),
+        retries=int(tags.get("clmlf.retries") or 0),
     )
     try:
         trial.config = _typed_config(run.data.params, f"run {run_id}")
@@ -740,7 +747,14 @@ def summary_markdown(report: DatasetReport) -> str:
         lines += [*_markdown_table(header, rows), "", "Full error texts are in report.html.", ""]
     else:
         lines += ["None.", ""]
+    lines += ["## Retried trials", "", *(_markdown_table(*_retried_rows(report)) if report.retried else ["None."]), ""]
     return "\n".join(lines)
+
+
+def _retried_rows(report: DatasetReport) -> tuple[list[str], list[list[str]]]:
+    """Trials restarted from their last checkpoint (a lost node, an exception), and how they ended."""
+    header = ["study", "trial", "retries", "status"]
+    return header, [[trial.study_name, trial.trial_id, str(trial.retries), trial.status] for trial in report.retried]
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -782,6 +796,7 @@ def report_html(report: DatasetReport) -> str:
         _ablation_html(report),
         _confirmation_html(report),
         _failed_html(report),
+        _retried_html(report),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -1172,6 +1187,16 @@ def _failed_html(report: DatasetReport) -> str:
     }
     parts.append(_html_table(header, rows, error_column=len(header) - 1, folded_errors=full_errors))
     parts.append(_note("These trials are left out of every mean and of the ranking."))
+    return "\n".join(parts)
+
+
+def _retried_html(report: DatasetReport) -> str:
+    parts = ["<h2>Retried trials</h2>"]
+    if not report.retried:
+        parts.append(_note("None."))
+        return "\n".join(parts)
+    parts.append(_html_table(*_retried_rows(report)))
+    parts.append(_note("Restarted from their last checkpoint after a failure, such as a lost worker node."))
     return "\n".join(parts)
 
 
