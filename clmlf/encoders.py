@@ -113,7 +113,12 @@ def load_tokenizer(name: str):
 
 def load_text_encoder(name: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as transformers_logging
 
+    # Sentence-transformer checkpoints carry a pooler that an encoder without one does not load; the load report
+    # would print that as UNEXPECTED keys in every trial's log.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     entry = TEXT_ENCODERS.get(name)
     if entry is not None and entry.random_init is not None:
         config = AutoConfig.from_pretrained(entry.folder(), **entry.random_init)
