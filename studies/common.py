@@ -30,13 +30,13 @@ from tracking.mlflow_logging import (
     StudyRun,
     TrackingUnavailable,
     check_tracking_uri,
-    default_tracking_uri,
     error_summary,
     finish_study_run,
     latest_failure,
     reopen_study_run,
     start_study_run,
 )
+from tracking.uri import default_tracking_uri
 
 RANKING_METRIC = "selected/dev/score"
 RANKING_MODE = "max"

@@ -22,7 +22,8 @@ import sys
 from typing import Any
 
 from studies import common
-from tracking.mlflow_logging import child_runs, default_tracking_uri, typed_flat_config
+from tracking.mlflow_logging import child_runs, typed_flat_config
+from tracking.uri import default_tracking_uri
 
 KIND = "confirm"
 SUMMARY_FILE = "confirm_summary.json"

@@ -24,7 +24,6 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-TRACKING_URI_VARIABLE = "CLMLF_TRACKING_URI"
 # The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
 ERROR_TAG_CHARACTERS = 5000
@@ -36,14 +35,6 @@ OVERALL_METRICS = ("acc", "f1_weighted", "f1_macro")
 
 class TrackingUnavailable(RuntimeError):
     """The tracking URI cannot be used; the message names it."""
-
-
-def default_tracking_uri() -> str:
-    """`$CLMLF_TRACKING_URI`, else a SQLite file `mlflow.db` in the current folder (no server needed)."""
-    configured = os.environ.get(TRACKING_URI_VARIABLE)
-    if configured:
-        return configured
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 @contextmanager

@@ -14,7 +14,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
@@ -31,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from clmlf.config import VARIANTS, ConfigError, TrainConfig
 from clmlf.data import DATASETS
+from tracking.uri import TRACKING_URI_VARIABLE, default_tracking_uri
 
 # The ranking metric: the data set's selection metric on dev at the epoch selected on dev. Test never ranks.
 RANKING_METRIC = "selected/dev/score"
@@ -41,7 +41,6 @@ STUDY_KINDS = ("layer_sweep", "search", "ablation", "confirm")
 ERROR_TEXT_LIMIT = 5000
 # A Tune study whose search space holds only the searched keys can leave the rest of the config here.
 TUNE_BASE_CONFIG_FILE = "base_config.json"
-DEFAULT_TRACKING_URI_ENV = "CLMLF_TRACKING_URI"
 CONFIG_KEYS = tuple(TrainConfig().to_flat_dict())
 LOSS_PARAMETERS = ("temperature", "lbcl_weight", "dbcl_weight")
 LAYER_PARAMETERS = {"model.fusion_layers": "fusion layers", "model.image_layers": "image layers"}
@@ -223,10 +222,6 @@ def write_study_report(
         for path in written:
             print(f"  {path}")
     return folders
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get(DEFAULT_TRACKING_URI_ENV) or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 # Reading MLflow
@@ -1209,9 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tracking.report",
         description="Write per data set best_config.json, summary.csv/.md and report.html from finished studies.",
     )
-    parser.add_argument(
-        "--tracking-uri", help=f"MLflow tracking URI (default ${DEFAULT_TRACKING_URI_ENV} or ./mlflow.db)"
-    )
+    parser.add_argument("--tracking-uri", help=f"MLflow tracking URI (default ${TRACKING_URI_VARIABLE} or ./mlflow.db)")
     parser.add_argument(
         "--experiment", action="append", default=[], help="an MLflow experiment, e.g. clmlf/search/demo"
     )

@@ -27,11 +27,11 @@ from tracking.mlflow_logging import (
     RunRecorder,
     TrackingUnavailable,
     check_tracking_uri,
-    default_tracking_uri,
     ensure_experiment,
     experiment_name,
     git_commit,
 )
+from tracking.uri import default_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 STUDY = "standalone"
