@@ -134,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     for row in rows:
         if row["cache_build_seconds"] is not None and row["phase"] == "text-frozen":
-            print(f"cache build ({row['preset']}): {row['cache_build_seconds']:.1f} s, once per study and node")
+            print(
+                f"first cached run ({row['preset']}: start-up, cache build, one batch): "
+                f"{row['cache_build_seconds']:.1f} s, once per study and node"
+            )
     if sweep:
         print(
             f"default layer sweep: {sweep['without_cache_seconds']:.0f} s without the cache, "

@@ -55,7 +55,7 @@ class CachedInputs:
     image_features: np.ndarray | None = None
     text_states: object | None = None
     translation_states: object | None = None
-    augment_original_images: bool = True
+    augment_original_images: bool = False
     seed: int = 0
 
 
