@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fixtures import write_dataset
 
 from clmlf.config import TrainConfig, build_config
 from clmlf.data import DataError, load_dataset
 from clmlf.demo_data import ensure_demo_dataset
 from clmlf.metrics import majority_class_accuracy
-from clmlf.train import TrainResult, main, train
+from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, TrainResult, main, train
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LABEL_NAMES = ("positive", "neutral", "negative")
@@ -42,6 +43,7 @@ EPOCH_KEYS = (
         "train/loss_dbcl",
         "train/samples_per_second",
         "train/epoch_seconds",
+        "train/data_wait_seconds",
         "train/peak_memory_mb",
         "train/text_encoder_frozen",
         "lr/fusion",
@@ -122,6 +124,7 @@ def test_both_phases_report_every_epoch_with_the_contract_keys(two_epochs):
             assert isinstance(value, int | float) and math.isfinite(value), key
         assert metrics["train/loss"] > 0
         assert metrics["train/samples_per_second"] > 0
+        assert 0 < metrics["train/data_wait_seconds"] < metrics["train/epoch_seconds"]
     assert [entry["epoch"] for entry in two_epochs.result.history] == [0, 1]
 
 
@@ -187,6 +190,23 @@ def test_resume_continues_at_the_next_epoch_with_the_same_numbers(two_epochs, tm
     # The history carries the first epoch over from the checkpoint.
     assert [entry["epoch"] for entry in resumed.result.history] == [0, 1]
     assert resumed.result.history[0]["train/loss"] == pytest.approx(two_epochs.result.history[0]["train/loss"])
+
+
+def test_checkpoints_leave_out_untrained_encoders_and_resume_checks_they_rebuild_the_same(two_epochs, tmp_path):
+    output = tmp_path / "run"
+    record_training(build_config("demo", "tiny", {**FAST, "finetune_epochs": 0}), output)
+    frozen_epoch = torch.load(output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    assert set(frozen_epoch["untrained_encoders"]) == {"text_encoder", "image_backbone"}
+    assert not [key for key in frozen_epoch["model"] if key.startswith(("text_encoder.", "image_backbone."))]
+    assert any(key.startswith("fusion_transformer.") for key in frozen_epoch["model"])
+    # After the fine-tuning epoch the text encoder has been trained and is saved; the image encoder never is.
+    last = torch.load(two_epochs.output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    assert set(last["untrained_encoders"]) == {"image_backbone"}
+    assert any(key.startswith("text_encoder.") for key in last["model"])
+    # Another seed initialises the random tiny encoders differently: resuming must refuse, naming the file.
+    other_seed = build_config("demo", "tiny", {**FAST, "seed": 1})
+    with pytest.raises(CheckpointMismatch, match=r"state\.pt.*untrained (text_encoder|image_backbone).*seed 1"):
+        record_training(other_seed, output, resume_from=output / "checkpoint")
 
 
 @pytest.mark.slow

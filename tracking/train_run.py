@@ -21,7 +21,14 @@ from mlflow.tracking import MlflowClient
 from clmlf.config import ConfigError
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
-from clmlf.train import CHECKPOINT_FILE, config_from_arguments, parse_arguments, resolve_device, train
+from clmlf.train import (
+    CHECKPOINT_FILE,
+    CheckpointMismatch,
+    config_from_arguments,
+    parse_arguments,
+    resolve_device,
+    train,
+)
 from tracking.mlflow_logging import (
     ERROR_TAG_CHARACTERS,
     RunRecorder,
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(config, report, output_dir=output, resume_from=resume_from, progress=True)
-    except (ConfigError, DataError, EncoderUnavailable) as error:
+    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch) as error:
         close_failed(recorder, config.to_flat_dict(), str(error), "FAILED")
         print(f"error: {error}", file=sys.stderr)
         return 2
