@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from clmlf.config import ConfigError, ModelConfig
+from clmlf.dropout import use_fast_cpu_dropout
 from clmlf.encoders import EncoderUnavailable, ImageBackbone, load_text_encoder, text_encoder_source, text_encoder_width
 
 
@@ -119,6 +120,8 @@ class CLMLF(nn.Module):
         self.classifier = Classifier(width, classes, config.dropout)
         self.lbcl_head = projection_head(width)
         self.dbcl_head = projection_head(width)
+        # Same dropout, cheaper masks on CPU (a quarter of a CPU training step otherwise; see clmlf/dropout.py).
+        use_fast_cpu_dropout(self)
 
     @property
     def image_token_count(self) -> int:

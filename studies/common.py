@@ -272,6 +272,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         "trial/node_ip": ray.util.get_node_ip_address(),
         "trial/node_id": ray.get_runtime_context().get_node_id(),
         "trial/device": str(resolve_device(train_config.device)),
+        # The worker process: Tune runs several trials in one (reuse_actors), which this makes visible.
+        "trial/process": f"{socket.gethostname()}:{os.getpid()}",
     }
 
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:

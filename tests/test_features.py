@@ -40,16 +40,19 @@ def entries(cache_dir: Path, kind: str) -> list[Path]:
 
 def test_cached_run_matches_uncached_when_no_augmentation_is_drawn(data_root, tmp_path):
     # Without DBCL and with the training copy un-augmented, the cached path feeds exactly the frozen encoders'
-    # outputs (rounded to half precision) that the uncached path computes: the runs must agree closely.
-    overrides = {"model.variant": "mlf-lbcl", "augment_original_images": False}
+    # outputs (rounded to half precision) that the uncached path computes: the runs must agree closely. In fp32:
+    # bf16 arithmetic rounds the two paths' activations differently, and a few steps of a near-chance tiny model
+    # turn that into flipped predictions (measured: up to 5 of 24 test examples), which is not the cache's doing.
+    overrides = {"model.variant": "mlf-lbcl", "augment_original_images": False, "mixed_precision": False}
     uncached = train(tiny_config(data_root, tmp_path, feature_cache=False, **overrides), log=lambda _: None)
     cached = train(tiny_config(data_root, tmp_path, feature_cache=True, **overrides), log=lambda _: None)
     losses = [epoch["train/loss"] for epoch in uncached.history]
     cached_losses = [epoch["train/loss"] for epoch in cached.history]
-    np.testing.assert_allclose(cached_losses, losses, rtol=2e-2)
-    # Stated tolerance: 2 of 24 examples may flip on a near tie after half-precision rounding.
+    np.testing.assert_allclose(cached_losses, losses, rtol=1e-3)
+    # Stated tolerance: 1 of 24 examples may flip on a near tie after half-precision rounding.
+    assert cached.selected_epoch == uncached.selected_epoch
     for split, metrics, cached_metrics in (("dev", uncached.dev, cached.dev), ("test", uncached.test, cached.test)):
-        assert abs(metrics[f"{split}/acc"] - cached_metrics[f"{split}/acc"]) <= 2 / 24 + 1e-9
+        assert abs(metrics[f"{split}/acc"] - cached_metrics[f"{split}/acc"]) <= 1 / 24 + 1e-9
     assert entries(tmp_path, "images") and entries(tmp_path, "text")
 
 

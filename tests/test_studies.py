@@ -123,6 +123,7 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
     # tiny preset: fusion 1 and image 1 fixed; smoke sweeps 1-2 each, the shared point (1, 1) once.
     chosen = set()
     nodes = set()
+    processes = set()
     for trial_dir in dirs:
         params = json.loads((trial_dir / "params.json").read_text())
         rows = result_rows(trial_dir)
@@ -132,6 +133,7 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
             assert row["trial/device"] == "cpu"
             assert row["config"]["model.fusion_layers"] == params["model.fusion_layers"]
         nodes.add(rows[-1]["trial/node_id"])
+        processes.add(rows[-1]["trial/process"])
         # What the trainer itself ran with, as saved in its checkpoint.
         checkpoint = max(trial_dir.glob("checkpoint_*"))
         trained = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)["config"]
@@ -142,6 +144,8 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
         chosen.add((params["model.fusion_layers"], params["model.image_layers"]))
     assert chosen == {(1, 1), (2, 1), (1, 2)}
     assert len(nodes) > 1
+    # Two GPU slots for three trials: the third runs in a process that a finished trial leaves behind.
+    assert len(processes) == 2
 
     rows = read_trials_csv(experiment)
     assert [row["status"] for row in rows] == ["TERMINATED"] * 3
