@@ -10,8 +10,9 @@ Two kinds of entry, each in its own folder under `<cache root>/features/`:
 
 Stored as half-precision `.npy` files opened memory-mapped, so every trial on a node shares one copy in the page
 cache. An entry's folder name is a digest of everything that changes its numbers (the data's content, the
-encoder's actual weights, image size, augmentation settings, K, seed, token ids), so a changed setting can never
-reuse stale features. An entry is built once under a file lock while other trials wait, then renamed into place.
+encoder's actual weights as `encoder_key`, a `state_digest` of them, image size, augmentation settings, K, seed,
+token ids), so a changed setting can never reuse stale features. An entry is built once under a file lock while
+other trials wait, then renamed into place.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def image_features(
     backbone: nn.Module,
     posts: dict[str, Sequence[Post]],
     *,
+    encoder_key: str,
     dataset_key: str,
     image_size: int,
     evaluation: Callable,
@@ -180,7 +182,7 @@ def image_features(
         {
             "kind": "images",
             "data": dataset_key,
-            "encoder": state_digest(backbone),
+            "encoder": encoder_key,
             "image_size": image_size,
             "augmentation": augmentation_settings,
             "augmented_views": augmented_views,
@@ -255,6 +257,7 @@ def text_states(
     encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     texts: dict[str, EncodedTexts],
     *,
+    encoder_key: str,
     width: int,
     device: torch.device,
     autocast,
@@ -264,7 +267,7 @@ def text_states(
     ids_digest = hashlib.sha256(
         json.dumps({split: [encoded.texts, encoded.translations] for split, encoded in sorted(texts.items())}).encode()
     ).hexdigest()
-    key = key_digest({"kind": "text", "encoder": state_digest(text_encoder), "token_ids": ids_digest})
+    key = key_digest({"kind": "text", "encoder": encoder_key, "token_ids": ids_digest})
     folder = cache_root / f"text-{key}"
 
     def build(staging: Path) -> None:

@@ -126,6 +126,7 @@ class Run:
         seed_everything(config.seed)
         self.model = CLMLF(config.model, self.dataset.spec.num_classes).to(self.device)
         self.autocast = mixed_precision_context(self.device, config.mixed_precision)
+        self.encoder_digests: dict[str, str] = {}
         self.loaders = self._build_loaders()
         # fused: one kernel for all parameters instead of a loop over them (fine-tuning epochs 7-12% faster on the
         # demo preset on CPU, where AdamW over MiniLM's 22M parameters was a tenth of the step).
@@ -134,7 +135,6 @@ class Run:
         if config.max_train_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._learning_rate_factor)
-        self.encoder_digests: dict[str, str] = {}
 
     def _build_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
         config, model_config = self.config, self.config.model
@@ -202,6 +202,7 @@ class Run:
             bank = image_features(
                 model.image_backbone,
                 splits,
+                encoder_key=self.encoder_digest("image_backbone", model.image_backbone),
                 dataset_key=dataset_digest(files, splits),
                 image_size=config.model.image_size,
                 evaluation=evaluation,
@@ -217,7 +218,14 @@ class Run:
             for split in splits:
                 cached[split].image_features = bank.splits[split]
         if model.text_encoder is not None and config.frozen_text_epochs > 0:
-            states = text_states(model.text_encoder, model.encode_text, texts, width=model.width, **common)
+            states = text_states(
+                model.text_encoder,
+                model.encode_text,
+                texts,
+                encoder_key=self.encoder_digest("text_encoder", model.text_encoder),
+                width=model.width,
+                **common,
+            )
             for split in splits:
                 cached[split].text_states = states.texts[split]
             cached["train"].translation_states = states.translations
@@ -393,7 +401,8 @@ class Run:
         return modules
 
     def encoder_digest(self, name: str, module: torch.nn.Module) -> str:
-        # Hashed once: an untrained encoder's weights do not change.
+        # Hashed once per run (feature-cache keys, checkpoints, resume): only asked of encoders not yet trained,
+        # whose weights do not change.
         if name not in self.encoder_digests:
             self.encoder_digests[name] = state_digest(module)
         return self.encoder_digests[name]

@@ -101,19 +101,25 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--default-artifact-root", str(folder / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    with log_path.open("w") as log:
-        # Its own process group: the server starts worker processes that must stop with it.
-        # The job runner (GenAI features) starts a pool of huey workers that this test machine cannot spare.
-        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment
-        )
+    # The job runner (GenAI features) starts a pool of huey workers that this test machine cannot spare.
+    server = start_logged(command, log_path, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_answers(f"{uri}/health", server, log_path)
         yield uri
     finally:
         stop_process_group(server)
+
+
+def start_logged(
+    command: list[str], log_path: Path, environment: dict[str, str], cwd: Path | None = None
+) -> subprocess.Popen:
+    """A process writing to `log_path`, in its own process group: servers and raylets start children that
+    `stop_process_group` must stop with them."""
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=cwd, start_new_session=True
+        )
 
 
 def wait_until_answers(url: str, server: subprocess.Popen, log_path: Path) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port, stop_process_group, wait_until_answers
+from conftest import free_port, start_logged, stop_process_group, wait_until_answers
 from mlflow.tracking import MlflowClient
 from test_cluster_config import mlflow_server_command_from_cluster_yaml
 
@@ -71,11 +71,7 @@ def ray_environment(cache_dir: Path) -> dict[str, str]:
 
 def start_node(arguments: list[str], log_path: Path, environment: dict[str, str]) -> RayNode:
     command = [str(VENV_BIN / "ray"), "start", *arguments, "--block", "--disable-usage-stats"]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
-        )
-    node = RayNode(process, log_path)
+    node = RayNode(start_logged(command, log_path, environment), log_path)
     node.node_id = wait_for_raylet_node_id(node)
     return node
 
@@ -215,14 +211,9 @@ def test_smoke_sweep_on_a_local_cluster_finishes_every_trial_when_a_gpu_worker_d
         # One web worker instead of the default four: the machine is shared and one study is light traffic.
         server_command += ["--workers", "1"]
         server_log = mlflow_folder / "server.log"
-        with server_log.open("w") as log:
-            mlflow_server = subprocess.Popen(
-                server_command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**environment, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                start_new_session=True,
-            )
+        mlflow_server = start_logged(
+            server_command, server_log, {**environment, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        )
         wait_until_answers(f"{tracking_uri}/health", mlflow_server, server_log)
 
         storage = tmp_path / "tune"
@@ -238,17 +229,11 @@ def test_smoke_sweep_on_a_local_cluster_finishes_every_trial_when_a_gpu_worker_d
             "--set", f"finetune_epochs={EPOCHS - common.SMOKE_OVERRIDES['frozen_text_epochs']}",
         ]  # fmt: skip
         driver_log = tmp_path / "study.log"
-        with driver_log.open("w") as log:
-            # On the head, `auto` finds the cluster that `ray start --head` recorded; RAY_ADDRESS says the same
-            # without touching the machine-wide /tmp/ray record that other clusters here use.
-            driver = subprocess.Popen(
-                study_command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**environment, "RAY_ADDRESS": f"{LOOPBACK}:{head_port}"},
-                cwd=tmp_path,
-                start_new_session=True,
-            )
+        # On the head, `auto` finds the cluster that `ray start --head` recorded; RAY_ADDRESS says the same
+        # without touching the machine-wide /tmp/ray record that other clusters here use.
+        driver = start_logged(
+            study_command, driver_log, {**environment, "RAY_ADDRESS": f"{LOOPBACK}:{head_port}"}, cwd=tmp_path
+        )
 
         deadline = time.monotonic() + STUDY_TIMEOUT_S
         victim = None
