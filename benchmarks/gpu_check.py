@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clmlf.config import build_config
 from clmlf.demo_data import DemoSizes, generate_demo_dataset
+from clmlf.loading import Batch
 from clmlf.train import Run
 
 # Dense bf16 tensor-core peaks (no sparsity), in FLOP/s.
@@ -40,7 +41,7 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
 
 
-def training_step(run: Run, batch: dict, epoch: int) -> None:
+def training_step(run: Run, batch: Batch, epoch: int) -> None:
     with run.autocast:
         terms = run.losses(batch, epoch)
     run.optimizer.zero_grad(set_to_none=True)
@@ -51,8 +52,8 @@ def training_step(run: Run, batch: dict, epoch: int) -> None:
 def measure_phase(run: Run, epoch: int, steps: int) -> dict:
     """Steps/s, samples/s, peak memory and MFU of `steps` training steps in the phase that `epoch` is in."""
     run.set_phase(epoch, training=True)
-    batches = iter(run.loaders["train"])
-    batch = run.to_device(next(batches))
+    batches = iter(run.loader("train", epoch))
+    batch = next(batches).to(run.device)
     with FlopCounterMode(display=False) as counter:
         training_step(run, batch, epoch)
     flops_per_step = counter.get_total_flops()
@@ -65,11 +66,11 @@ def measure_phase(run: Run, epoch: int, steps: int) -> dict:
         try:
             batch = next(batches)
         except StopIteration:
-            batches = iter(run.loaders["train"])
+            batches = iter(run.loader("train", epoch))
             batch = next(batches)
-        batch = run.to_device(batch)
+        batch = batch.to(run.device)
         training_step(run, batch, epoch)
-        samples += len(batch["labels"])
+        samples += len(batch)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs train() as is; the frozen encoders' forward passes in training steps (Run.model_inputs, where they run
+# Runs train() as is; the frozen encoders' forward passes in training steps (Run.encoded, where they run
 # without autograd when nothing is cached) are timed on the side, per epoch.
 MEASURE = """
 import json, sys, time
@@ -37,23 +37,23 @@ from clmlf.config import build_config
 from clmlf.train import Run, train
 preset, overrides = sys.argv[1], json.loads(sys.argv[2])
 encoder_seconds = {}
-model_inputs = Run.model_inputs
+encoded = Run.encoded
 
 def synchronize(run):
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
 
-def timed_model_inputs(run, batch, augmented, epoch):
+def timed_encoded(run, inputs, epoch):
     if not run.model.training:
-        return model_inputs(run, batch, augmented, epoch)
+        return encoded(run, inputs, epoch)
     synchronize(run)
     started = time.perf_counter()
-    inputs = model_inputs(run, batch, augmented, epoch)
+    inputs = encoded(run, inputs, epoch)
     synchronize(run)
     encoder_seconds[epoch] = encoder_seconds.get(epoch, 0.0) + time.perf_counter() - started
     return inputs
 
-Run.model_inputs = timed_model_inputs
+Run.encoded = timed_encoded
 config = build_config("demo", preset, overrides)
 started = time.perf_counter()
 result = train(config, log=lambda message: None)

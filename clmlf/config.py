@@ -22,6 +22,12 @@ LBCL_VARIANTS = ("paper", "original")
 IMAGE_POLICIES = ("error", "skip", "blank")
 SELECTION_METRICS = ("dataset-default", "acc", "f1_weighted", "f1_macro")
 LR_SCHEDULES = ("constant", "linear")
+IMAGE_TOKEN_LAYOUTS = ("regions", "channel-mixing")
+RANDAUGMENT_IMPLEMENTATIONS = ("torchvision", "original")
+TRAIN_BATCH_SAMPLINGS = ("uniform", "length-grouped")
+FROZEN_ENCODER_MODES = ("eval", "train")
+# The paper's Table 3, in its order: the two unimodal baselines, then the fusion model with its tasks.
+TABLE3_ROWS = ("text-only", "image-only", "mlf", "mlf-lbcl", "mlf-dbcl", "full")
 
 
 class ConfigError(ValueError):
@@ -30,7 +36,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # Paper settings (DESIGN.md section 1): bert-base-uncased text, frozen ImageNet ResNet-50 image.
+    # The paper's settings: bert-base-uncased text, frozen ImageNet ResNet-50 image.
     text_encoder: str = "bert-base-uncased"
     image_encoder: str = "resnet50"
     # "imagenet" (torchvision's weights, downloaded and cached by torchvision), "none", or a local .pth file.
@@ -47,6 +53,22 @@ class ModelConfig:
     # The paper keeps ResNet-50 frozen for the whole run.
     freeze_image_encoder: bool = True
     variant: str = "full"
+    # The next five are where the original code's model differs from the paper's (the `original` preset sets
+    # the code's values; loading the code's trained weights needs all of them).
+    # Linear(d, d) + GELU on the text encoder's token states before fusion, as the original code does.
+    text_projection: bool = False
+    # "regions": one token per position of the p x p feature map, as the paper's Eq. 1 describes.
+    # "channel-mixing": the original code's view of the (B, C, p, p) map as (B, p*p, C) without moving channels
+    # last, so that each token mixes channels and positions.
+    image_token_layout: str = "regions"
+    # Image and fusion layers: PyTorch's LayerNorm eps; the original's BERT-style layers use 1e-12.
+    layer_norm_eps: float = 1e-5
+    # Dropout between the feed-forward block's two linear layers, as PyTorch's layer has; BERT-style layers
+    # (the original's) have none there. Changes training only.
+    feedforward_dropout: bool = True
+    # 0: one output per class of the data set. The original classifier always has 3, HFM (binary) included;
+    # predictions are then the best of the data set's classes.
+    classifier_outputs: int = 0
 
     @property
     def uses_text(self) -> bool:
@@ -81,10 +103,21 @@ class ModelConfig:
         )
         _require(self.image_size >= 32, "model.image_size", f"must be >= 32 pixels, got {self.image_size}")
         _require(self.fusion_layers >= 1, "model.fusion_layers", f"must be >= 1, got {self.fusion_layers}")
-        _require(self.image_layers >= 1, "model.image_layers", f"must be >= 1, got {self.image_layers}")
+        _require(self.image_layers >= 0, "model.image_layers", f"must be >= 0, got {self.image_layers}")
         _require(self.heads >= 1, "model.heads", f"must be >= 1, got {self.heads}")
         _require(self.feedforward_multiplier >= 1, "model.feedforward_multiplier", "must be >= 1")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(
+            self.image_token_layout in IMAGE_TOKEN_LAYOUTS,
+            "model.image_token_layout",
+            f"{self.image_token_layout!r} is not one of {IMAGE_TOKEN_LAYOUTS}",
+        )
+        _require(0 < self.layer_norm_eps < 1, "model.layer_norm_eps", f"must be in (0, 1), got {self.layer_norm_eps}")
+        _require(
+            self.classifier_outputs == 0 or self.classifier_outputs >= 2,
+            "model.classifier_outputs",
+            f"must be 0 (the data set's classes) or >= 2, got {self.classifier_outputs}",
+        )
         width = text_encoder_width(self.text_encoder)
         if width is not None:
             _require(
@@ -140,6 +173,19 @@ class TrainConfig:
     feature_cache_dir: str | None = None
     # 0 = the whole training split each epoch; a bound is for benchmarks and GPU checks.
     max_train_batches: int = 0
+    # "uniform": each batch a uniform sample of the split, as the original code. "length-grouped": batches of
+    # similar text length, less padding and so faster, but the contrastive losses take their negatives from the
+    # batch, and posts of similar length share labels more often than a random sample: it changes both losses.
+    train_batch_sampling: str = "uniform"
+    # "torchvision": torchvision's RandAugment on the cropped image. "original": the original code's own
+    # RandAugment (16 operations, Invert, Cutout and SolarizeAdd among them, magnitudes on a /30 scale) on the
+    # full-size image before resizing. Both add the horizontal flip.
+    randaugment_implementation: str = "torchvision"
+    # "eval": frozen encoders run in eval mode (BatchNorm running statistics, no dropout): fixed outputs, which a
+    # study's feature cache computes once. "train": the original code keeps the whole model in train mode, so the
+    # frozen ResNet normalises with batch statistics and updates its running statistics, and the text encoder's
+    # dropout is on while it is frozen; their outputs then change at every pass and cannot be cached.
+    frozen_encoder_mode: str = "eval"
     num_workers: int = 0
     device: str = "auto"
     # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); other CPUs run in fp32.
@@ -156,6 +202,21 @@ class TrainConfig:
     @property
     def uses_dbcl(self) -> bool:
         return self.model.uses_dbcl and self.dbcl_weight > 0
+
+    @property
+    def feature_cache_refusal(self) -> str | None:
+        """Why frozen encoders' outputs cannot be computed once and shared under this config, or None."""
+        if self.frozen_encoder_mode == "train":
+            return (
+                "frozen encoders in train mode (frozen_encoder_mode=train) give different outputs at every pass "
+                "(BatchNorm batch statistics, dropout), so their outputs cannot be computed once and shared; "
+                "run uncached (feature_cache=false) or with frozen_encoder_mode=eval"
+            )
+        return None
+
+    @property
+    def feature_cache_allowed(self) -> bool:
+        return self.feature_cache_refusal is None
 
     def validate(self) -> None:
         self.model.validate()
@@ -186,6 +247,23 @@ class TrainConfig:
         )
         _require(self.augmented_views >= 1, "augmented_views", f"must be >= 1, got {self.augmented_views}")
         _require(self.max_train_batches >= 0, "max_train_batches", "must be >= 0")
+        _require(
+            self.train_batch_sampling in TRAIN_BATCH_SAMPLINGS,
+            "train_batch_sampling",
+            f"must be one of {TRAIN_BATCH_SAMPLINGS}",
+        )
+        _require(
+            self.randaugment_implementation in RANDAUGMENT_IMPLEMENTATIONS,
+            "randaugment_implementation",
+            f"must be one of {RANDAUGMENT_IMPLEMENTATIONS}",
+        )
+        _require(
+            self.frozen_encoder_mode in FROZEN_ENCODER_MODES,
+            "frozen_encoder_mode",
+            f"must be one of {FROZEN_ENCODER_MODES}",
+        )
+        refusal = self.feature_cache_refusal
+        _require(not (self.feature_cache and refusal), "feature_cache", refusal or "")
         _require(self.num_workers >= 0, "num_workers", "must be >= 0")
         _require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -211,6 +289,22 @@ DATASET_SETTINGS: dict[str, dict[str, Any]] = {
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's settings: the defaults above plus DATASET_SETTINGS.
     "paper": {},
+    # What the original code ran to produce the paper's tables: the paper's settings plus every behaviour in which
+    # the code differs from the paper (docs/fidelity.md lists them with what each changes).
+    "original": {
+        "model.text_projection": True,
+        "model.image_token_layout": "channel-mixing",
+        "model.layer_norm_eps": 1e-12,
+        "model.feedforward_dropout": False,
+        "model.classifier_outputs": 3,
+        "randaugment_implementation": "original",
+        "augment_original_images": True,
+        "frozen_encoder_mode": "train",
+        "lbcl_variant": "original",
+        "mixed_precision": False,
+        # The original cuts '[CLS]' + text + '[SEP]' at 200 word pieces.
+        "max_text_length": 200,
+    },
     # Minutes on a 2-core CPU: the packaged pretrained MiniLM (384 wide, 6 heads of 64), a small ResNet without
     # pretrained weights (none are reachable offline), short phases and a larger step size for the randomly
     # initialised fusion layers, which would barely move at the paper's 2e-5 in a handful of epochs. At tau 0.07
@@ -257,21 +351,49 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Presets that start from the data set's paper settings (DATASET_SETTINGS).
+PAPER_BASED_PRESETS = ("paper", "original")
+
+
 def build_config(
     dataset: str = "mvsa-single",
     preset: str = "paper",
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults, then the preset's diff (the paper preset adds the data set's layers and batch), then overrides."""
+    """Defaults, then the preset's diff (paper-based presets add the data set's layers and batch), then overrides."""
     if preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     flat = to_flat_dict(TrainConfig())
     flat["dataset"] = dataset
-    if preset == "paper":
+    if preset in PAPER_BASED_PRESETS:
         flat.update(DATASET_SETTINGS.get(dataset.lower(), {}))
     flat.update(PRESETS[preset])
     flat.update(overrides or {})
     return from_flat_dict(flat)
+
+
+def differences(config: TrainConfig, reference: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{key: (reference's value, config's value)} for every flat key where the two differ."""
+    mine, theirs = config.to_flat_dict(), reference.to_flat_dict()
+    return {key: (theirs[key], value) for key, value in mine.items() if theirs[key] != value}
+
+
+def ablation_row(base: TrainConfig, row: str) -> dict[str, Any]:
+    """The flat overrides that turn `base` into one row of the paper's Table 3.
+
+    text-only: BERT fine-tuned on the text alone from the first epoch (no text-frozen phase, the same number of
+    epochs in all). image-only: the image encoder's weights trained on the images alone, its region tokens pooled
+    straight away (no image Transformer layers), as Table 3's ResNet-50 row. The other rows are the fusion model
+    with the tasks the variant names.
+    """
+    if row not in TABLE3_ROWS:
+        raise ConfigError(f"model.variant: {row!r} is not a Table 3 row; rows are {TABLE3_ROWS}")
+    overrides: dict[str, Any] = {"model.variant": row}
+    if row in ("text-only", "image-only"):
+        overrides.update({"frozen_text_epochs": 0, "finetune_epochs": base.epochs})
+    if row == "image-only":
+        overrides.update({"model.freeze_image_encoder": False, "model.image_layers": 0})
+    return overrides
 
 
 def to_flat_dict(config: TrainConfig) -> dict[str, Any]:

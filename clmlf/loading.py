@@ -1,13 +1,14 @@
 """From checked posts to padded batches: texts are tokenised once per data set, batches are padded per batch.
 
-A batch holds the original inputs and, when DBCL runs, the augmented ones (the back-translation and a
-RandAugment view of the image).
+A `Batch` holds the original view's inputs and, when DBCL runs, the augmented view's (the back-translation and
+another augmentation of the image), each as the model's `ModelInputs`. A loader serves one split in one
+`Phase` (epoch, and whether the text encoder is frozen); the trainer builds one per split and epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from clmlf.data import Post
+from clmlf.model import ModelInputs
 
 
 @dataclass(frozen=True)
@@ -59,70 +61,132 @@ class CachedInputs:
     seed: int = 0
 
 
-class PostDataset(Dataset):
-    """Items are dicts of unpadded ids, image tensors (or cached features) and the label; `collate` pads them.
+@dataclass(frozen=True)
+class SplitInputs:
+    """What a split's items are made of, fixed for a whole run."""
 
-    `epoch` picks the training views drawn from a cached bank; `use_text_states` switches cached text states on
-    while the text encoder is frozen. Both are set by the trainer before each epoch.
+    posts: Sequence[Post]
+    texts: EncodedTexts | None
+    image_transform: Callable | None
+    augmented_image_transform: Callable | None = None
+    cached: CachedInputs = field(default_factory=CachedInputs)
+    # DBCL's second view: the back-translation and another augmentation of the image.
+    augmented: bool = False
+
+    @property
+    def lengths(self) -> list[int] | None:
+        """Token count of every post's text (None without text): what batches are grouped or sorted by."""
+        return [len(ids) for ids in self.texts.texts] if self.texts is not None else None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What an epoch's items depend on besides the split.
+
+    epoch: picks the training views drawn from a cached bank. text_frozen: while the text encoder is frozen, its
+    cached states (when the split has them) stand in for the token ids.
     """
 
-    def __init__(
-        self,
-        posts: Sequence[Post],
-        texts: EncodedTexts | None,
-        image_transform: Callable | None,
-        augmented_image_transform: Callable | None = None,
-        cached: CachedInputs | None = None,
-        augmented: bool = False,
-    ):
-        self.posts = posts
-        self.texts = texts
-        self.image_transform = image_transform
-        self.augmented_image_transform = augmented_image_transform
-        self.cached = cached or CachedInputs()
-        self.augmented = augmented
-        self.epoch = 0
-        self.use_text_states = False
+    epoch: int
+    text_frozen: bool
+
+
+@dataclass
+class ItemView:
+    """One post's inputs for one forward pass, before padding; what is absent stays None."""
+
+    token_ids: list[int] | None = None
+    text_states: torch.Tensor | None = None  # (S_i, D)
+    image: torch.Tensor | None = None  # (3, H, W)
+    image_features: torch.Tensor | None = None  # (C, p, p)
+
+
+@dataclass
+class Item:
+    index: int
+    label: int
+    original: ItemView
+    augmented: ItemView | None
+
+
+@dataclass
+class Batch:
+    """Padded inputs of the original view and, when DBCL runs, of the augmented view, with labels (B,) and the
+    posts' indices in their split (B,)."""
+
+    original: ModelInputs
+    augmented: ModelInputs | None
+    labels: torch.Tensor
+    indices: torch.Tensor
 
     def __len__(self) -> int:
-        return len(self.posts)
+        return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict:
-        post = self.posts[index]
-        cached = self.cached
-        item: dict = {"index": index, "label": post.label}
-        if self.texts is not None:
-            item["input_ids"] = self.texts.texts[index]
-            if self.augmented:
-                item["translation_ids"] = self.texts.translations[index]
-        if self.use_text_states and cached.text_states is not None:
-            item["text_states"] = cached.text_states[index]
-            if self.augmented:
-                item["augmented_text_states"] = cached.translation_states[index]
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            original=self.original.to(device),
+            augmented=self.augmented.to(device) if self.augmented is not None else None,
+            labels=self.labels.to(device, non_blocking=True),
+            indices=self.indices.to(device, non_blocking=True),
+        )
+
+    def pin_memory(self) -> Batch:
+        """Called by a DataLoader with pin_memory=True."""
+        return Batch(
+            original=self.original.pin_memory(),
+            augmented=self.augmented.pin_memory() if self.augmented is not None else None,
+            labels=self.labels.pin_memory(),
+            indices=self.indices.pin_memory(),
+        )
+
+
+class PostDataset(Dataset):
+    """One split's items in one phase; `collate` pads a list of them into a `Batch`."""
+
+    def __init__(self, split: SplitInputs, phase: Phase):
+        self.split = split
+        self.phase = phase
+
+    def __len__(self) -> int:
+        return len(self.split.posts)
+
+    def __getitem__(self, index: int) -> Item:
+        split, cached = self.split, self.split.cached
+        post = split.posts[index]
+        original = ItemView()
+        augmented = ItemView() if split.augmented else None
+        if split.texts is not None:
+            original.token_ids = split.texts.texts[index]
+            if augmented is not None:
+                augmented.token_ids = split.texts.translations[index]
+        if self.phase.text_frozen and cached.text_states is not None:
+            original.text_states = cached.text_states[index]
+            if augmented is not None:
+                augmented.text_states = cached.translation_states[index]
         if cached.image_features is not None:
-            item.update(self._cached_image_features(index))
-        elif self.image_transform is not None:
+            self._draw_cached_image_features(index, original, augmented)
+        elif split.image_transform is not None:
             image = load_rgb(post)
-            item["images"] = self.image_transform(image)
-            if self.augmented:
-                item["augmented_images"] = self.augmented_image_transform(image)
-        return item
+            original.image = split.image_transform(image)
+            if augmented is not None:
+                augmented.image = split.augmented_image_transform(image)
+        return Item(index=index, label=post.label, original=original, augmented=augmented)
 
-    def _cached_image_features(self, index: int) -> dict[str, torch.Tensor]:
-        features = self.cached.image_features
+    def _draw_cached_image_features(self, index: int, original: ItemView, augmented: ItemView | None) -> None:
+        features = self.split.cached.image_features
         if features.ndim == 4:
-            return {"image_features": _float_tensor(features[index])}
+            original.image_features = _float_tensor(features[index])
+            return
         # Draw this epoch's views from the bank: the original's (an augmented view when the training copy is
         # augmented too, else the evaluation view) and, for DBCL, a different augmented one.
         augmented_views = features.shape[1] - 1
-        generator = np.random.default_rng([self.cached.seed, self.epoch, index])
+        generator = np.random.default_rng([self.split.cached.seed, self.phase.epoch, index])
         drawn = generator.permutation(np.arange(1, augmented_views + 1))
-        original_view = int(drawn[0]) if self.cached.augment_original_images else 0
-        item = {"image_features": _float_tensor(features[index, original_view])}
-        if self.augmented:
+        original_view = int(drawn[0]) if self.split.cached.augment_original_images else 0
+        original.image_features = _float_tensor(features[index, original_view])
+        if augmented is not None:
             augmented_view = int(drawn[1]) if len(drawn) > 1 and original_view == drawn[0] else int(drawn[0])
-            item["augmented_image_features"] = _float_tensor(features[index, augmented_view])
-        return item
+            augmented.image_features = _float_tensor(features[index, augmented_view])
 
 
 def _float_tensor(array: np.ndarray) -> torch.Tensor:
@@ -145,49 +209,64 @@ def pad_states(states: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)
 
 
-def make_collate(pad_token_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {
-            "index": torch.as_tensor([item["index"] for item in items]),
-            "labels": torch.as_tensor([item["label"] for item in items]),
-        }
-        for key, prefix in (("input_ids", ""), ("translation_ids", "augmented_")):
-            if key in items[0]:
-                batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"] = pad(
-                    [item[key] for item in items], pad_token_id
-                )
-        for key in ("images", "augmented_images", "image_features", "augmented_image_features"):
-            if key in items[0]:
-                batch[key] = torch.stack([item[key] for item in items])
-        for key in ("text_states", "augmented_text_states"):
-            if key in items[0]:
-                batch[key] = pad_states([item[key] for item in items])
-        return batch
+def collate_views(views: Sequence[ItemView], pad_token_id: int) -> ModelInputs:
+    """The posts' views of one kind, padded and stacked into the model's inputs."""
+    first = views[0]
+    inputs = ModelInputs()
+    if first.token_ids is not None:
+        inputs.input_ids, inputs.attention_mask = pad([view.token_ids for view in views], pad_token_id)
+    if first.text_states is not None:
+        inputs.text_states = pad_states([view.text_states for view in views])
+    if first.image is not None:
+        inputs.images = torch.stack([view.image for view in views])
+    if first.image_features is not None:
+        inputs.image_features = torch.stack([view.image_features for view in views])
+    return inputs
+
+
+def make_collate(pad_token_id: int) -> Callable[[list[Item]], Batch]:
+    def collate(items: list[Item]) -> Batch:
+        augmented = items[0].augmented is not None
+        return Batch(
+            original=collate_views([item.original for item in items], pad_token_id),
+            augmented=collate_views([item.augmented for item in items], pad_token_id) if augmented else None,
+            labels=torch.as_tensor([item.label for item in items]),
+            indices=torch.as_tensor([item.index for item in items]),
+        )
 
     return collate
 
 
-class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
-    """Shuffled batches of similar text length, so that per-batch padding stays short.
+class ShuffledBatches(torch.utils.data.Sampler[list[int]]):
+    """Training batches in an order drawn from `generator`.
 
-    Indices are shuffled, cut into pools of 50 batches, each pool sorted by length and cut into batches,
-    and the batches shuffled again: close to random order, with little padding.
+    uniform: a random permutation cut into batches, as the original code's shuffled loader: every batch is a
+    uniform sample of the split, so the in-batch negatives of both contrastive losses are too.
+    length-grouped: the permutation is cut into pools of 50 batches, each pool sorted by text length and cut
+    into batches, and the batches shuffled again. Less padding, so faster; but a batch then holds posts of
+    similar length, whose labels are correlated, and that changes the contrastive losses' negatives.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator):
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, group_by_length: bool):
         self.lengths = lengths
         self.batch_size = batch_size
         self.generator = generator
+        self.group_by_length = group_by_length
 
     def __iter__(self):
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        pool = self.batch_size * 50
+        pool = self.batch_size * 50 if self.group_by_length else len(order)
         batches = []
         for start in range(0, len(order), pool):
-            chunk = sorted(order[start : start + pool], key=lambda index: self.lengths[index])
+            chunk = order[start : start + pool]
+            if self.group_by_length:
+                chunk = sorted(chunk, key=lambda index: self.lengths[index])
             batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
         # Contrastive losses need at least two examples; a last batch of one would give a degenerate loss.
         batches = [batch for batch in batches if len(batch) > 1]
+        if not self.group_by_length:
+            yield from batches
+            return
         for position in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[position]
 
@@ -196,23 +275,39 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         return full + (1 if rest > 1 else 0)
 
 
+class LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
+    """Evaluation batches of posts sorted by text length: the least padding, and a fixed order. Each post's
+    outputs do not depend on its batch in eval mode, so neither do the metrics."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int):
+        self.order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.order), self.batch_size):
+            yield self.order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+
 def make_loader(
-    dataset: Dataset,
+    dataset: PostDataset,
     collate: Callable,
     *,
     batch_size: int,
     shuffle_generator: torch.Generator | None,
-    lengths: Sequence[int] | None,
+    group_by_length: bool = False,
     num_workers: int,
     pin_memory: bool,
 ) -> DataLoader:
-    """Training loaders (a generator given) bucket by length; evaluation loaders keep the split's order."""
+    """Training loaders (a generator given) shuffle, grouped by length or not; evaluation loaders sort by length."""
     common = {"collate_fn": collate, "num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:
         common["persistent_workers"] = False
+    lengths = dataset.split.lengths or [0] * len(dataset)
     if shuffle_generator is None:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
-    if lengths is None:
-        lengths = [0] * len(dataset)
-    sampler = LengthBucketSampler(lengths, batch_size, shuffle_generator)
+        sampler = LengthSortedBatches(lengths, batch_size)
+    else:
+        sampler = ShuffledBatches(lengths, batch_size, shuffle_generator, group_by_length)
     return DataLoader(dataset, batch_sampler=sampler, **common)

@@ -2,6 +2,9 @@
 
 Every loss is a per-example (or per-pair) mean, so its value does not depend on the batch size; the original
 code divides by the batch size a second time, which made losses incomparable across batch sizes.
+
+Every loss runs in fp32 whatever autocast is active around it: the contrastive logits are similarities divided by
+tau (0.07 in the paper), and bf16 would round them before the softmax.
 """
 
 from __future__ import annotations
@@ -9,12 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clmlf.precision import in_fp32
 
+
+@in_fp32
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 10, L_sc: cross-entropy of logits (B, classes) against labels (B,), mean over the batch."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits, labels)
 
 
+@in_fp32
 def label_based_contrastive_loss(
     projection: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str = "paper"
 ) -> torch.Tensor:
@@ -27,7 +34,7 @@ def label_based_contrastive_loss(
     variant "paper": log_softmax(z / tau), tau inside the softmax as in the paper.
     variant "original": log_softmax(z) / tau, as the original code; tau then only rescales the loss.
     """
-    similarities = projection.float() @ projection.float().T  # (B, B)
+    similarities = projection @ projection.T  # (B, B)
     if variant == "paper":
         log_probabilities = torch.log_softmax(similarities / temperature, dim=-1)
     elif variant == "original":
@@ -38,6 +45,7 @@ def label_based_contrastive_loss(
     return -log_probabilities[positives].mean()
 
 
+@in_fp32
 def data_based_contrastive_loss(
     projection: torch.Tensor, augmented_projection: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -46,7 +54,7 @@ def data_based_contrastive_loss(
     projection (B, D) is the LBCL head on the original inputs, augmented_projection (B, D) the DBCL head on the
     augmented inputs; logits r r_aug^T / tau (B, B), cross-entropy against the diagonal.
     """
-    logits = projection.float() @ augmented_projection.float().T / temperature  # (B, B)
+    logits = projection @ augmented_projection.T / temperature  # (B, B)
     targets = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, targets)
 

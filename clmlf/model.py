@@ -9,6 +9,8 @@ instead of token ids, `image_features` instead of pixels. Frozen encoders then n
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from clmlf.config import ConfigError, ModelConfig
 from clmlf.dropout import use_fast_cpu_dropout
 from clmlf.encoders import EncoderUnavailable, ImageBackbone, load_text_encoder, text_encoder_source, text_encoder_width
+from clmlf.precision import in_fp32
 
 
 @dataclass
@@ -27,38 +30,65 @@ class ModelInputs:
     images: torch.Tensor | None = None  # (B, 3, H, W)
     image_features: torch.Tensor | None = None  # (B, C, p, p), a frozen image backbone's output
 
+    def to(self, device: torch.device) -> ModelInputs:
+        return self._map(lambda tensor: tensor.to(device, non_blocking=True))
+
+    def pin_memory(self) -> ModelInputs:
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> ModelInputs:
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return ModelInputs(**{name: None if value is None else function(value) for name, value in values.items()})
+
 
 @dataclass
 class ModelOutputs:
-    logits: torch.Tensor  # (B, classes)
+    logits: torch.Tensor  # (B, outputs): the data set's classes, or model.classifier_outputs
     representation: torch.Tensor  # R~ (B, D), the attention-pooled fused sequence
     lbcl_projection: torch.Tensor  # (B, D), head of the label-based task (and the anchor side of DBCL)
     dbcl_projection: torch.Tensor  # (B, D), head applied to the augmented view in DBCL
 
 
+def text_projection(width: int) -> nn.Sequential:
+    """The original code's Linear(D, D) + GELU on every text token state (pads included) before fusion."""
+    return nn.Sequential(nn.Linear(width, width), nn.GELU())
+
+
 class ImageTokens(nn.Module):
     """Eq. 1: project the feature map's regions to D and prepend one pooled-image token (B, C, p, p) -> (B, P, D)."""
 
-    def __init__(self, channels: int, width: int):
+    def __init__(self, channels: int, width: int, layout: str = "regions"):
         super().__init__()
+        self.layout = layout
         self.regions = nn.Sequential(nn.Linear(channels, width), nn.GELU())
         self.pooled = nn.Sequential(nn.Linear(channels, width), nn.GELU())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        regions = self.regions(features.flatten(2).transpose(1, 2))  # (B, C, p*p) -> (B, p*p, D)
+        batch, channels = features.shape[:2]
+        if self.layout == "regions":
+            regions = features.flatten(2).transpose(1, 2)  # (B, C, p*p) -> (B, p*p, C)
+        else:
+            # The original code's view: (B, C, p, p) read as (B, p*p, C) in memory order, channels not moved last.
+            regions = features.reshape(batch, -1, channels)  # (B, p*p, C), each row mixing channels and positions
         pooled = self.pooled(features.mean(dim=(2, 3))).unsqueeze(1)  # (B, C) -> (B, 1, D)
-        return torch.cat([pooled, regions], dim=1)  # (B, 1 + p*p, D)
+        return torch.cat([pooled, self.regions(regions)], dim=1)  # (B, 1 + p*p, D)
 
 
 def transformer_layers(config: ModelConfig, width: int, layers: int) -> nn.TransformerEncoder:
+    """Post-LN encoder layers: attention and feed-forward blocks, each added to its input and then normalised.
+
+    With layer_norm_eps 1e-12 and no feed-forward dropout this is exactly a BERT layer, the original code's."""
     layer = nn.TransformerEncoderLayer(
         d_model=width,
         nhead=config.heads,
         dim_feedforward=config.feedforward_multiplier * width,
         dropout=config.dropout,
         activation="gelu",
+        layer_norm_eps=config.layer_norm_eps,
         batch_first=True,
     )
+    if not config.feedforward_dropout:
+        layer.dropout = nn.Identity()  # the one between linear1 and linear2; residual dropouts stay
     # Nested tensors would return padded positions as zeros in eval but not in training; keep both the same.
     return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
 
@@ -106,10 +136,14 @@ class CLMLF(nn.Module):
         if width % config.heads:
             raise ConfigError(f"model.heads: the fusion width {width} is not divisible by {config.heads} heads")
         self.width = width
+        self.text_projection = text_projection(width) if config.uses_text and config.text_projection else None
         if config.uses_images:
             self.image_backbone = ImageBackbone(config.image_encoder, config.image_weights, config.image_size)
-            self.image_tokens = ImageTokens(self.image_backbone.channels, width)
-            self.image_transformer = transformer_layers(config, width, config.image_layers)
+            self.image_tokens = ImageTokens(self.image_backbone.channels, width, config.image_token_layout)
+            # No layers: the region tokens go straight on (the image-only baseline pools them directly).
+            self.image_transformer = (
+                transformer_layers(config, width, config.image_layers) if config.image_layers else None
+            )
         else:
             self.image_backbone = None
         # Fusion exists only when both modalities do; the single-modality rows pool their own tokens.
@@ -117,7 +151,12 @@ class CLMLF(nn.Module):
             transformer_layers(config, width, config.fusion_layers) if config.uses_text and config.uses_images else None
         )
         self.attention_pooling = AttentionPooling(width)
-        self.classifier = Classifier(width, classes, config.dropout)
+        if config.classifier_outputs and config.classifier_outputs < classes:
+            raise ConfigError(
+                f"model.classifier_outputs: {config.classifier_outputs} outputs cannot score {classes} classes"
+            )
+        self.classes = classes
+        self.classifier = Classifier(width, config.classifier_outputs or classes, config.dropout)
         self.lbcl_head = projection_head(width)
         self.dbcl_head = projection_head(width)
         # Same dropout, cheaper masks on CPU (otherwise 23% of a cached CPU training step; see clmlf/dropout.py).
@@ -138,14 +177,18 @@ class CLMLF(nn.Module):
             text = inputs.text_states
             if text is None:
                 text = self.encode_text(inputs.input_ids, inputs.attention_mask)  # (B, S, D)
+            if self.text_projection is not None:
+                text = self.text_projection(text)
             sequence.append(text)
             valid.append(inputs.attention_mask.bool())  # (B, S)
         if self.config.uses_images:
             features = inputs.image_features
             if features is None:
                 features = self.image_backbone(inputs.images)  # (B, C, p, p)
-            image = self.image_transformer(self.image_tokens(features))
-            sequence.append(image)  # (B, P, D), Eq. 2-3
+            image = self.image_tokens(features)  # (B, P, D)
+            if self.image_transformer is not None:
+                image = self.image_transformer(image)  # Eq. 2-3
+            sequence.append(image)
             valid.append(torch.ones(image.shape[:2], dtype=torch.bool, device=image.device))
         tokens = torch.cat(sequence, dim=1)  # (B, S+P, D)
         mask = torch.cat(valid, dim=1)  # (B, S+P)
@@ -155,9 +198,16 @@ class CLMLF(nn.Module):
         return ModelOutputs(
             logits=self.classifier(representation),
             representation=representation,
-            lbcl_projection=self.lbcl_head(representation),
-            dbcl_projection=self.dbcl_head(representation),
+            # fp32 under any autocast: the projections become similarities divided by tau (0.07 in the paper),
+            # which bf16's 8-bit mantissa would round visibly.
+            lbcl_projection=in_fp32(self.lbcl_head)(representation),
+            dbcl_projection=in_fp32(self.dbcl_head)(representation),
         )
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """The best of the data set's classes (B,); a classifier with more outputs never predicts a class that
+        does not exist."""
+        return logits[:, : self.classes].argmax(dim=-1)
 
 
 def _width_from_name(config: ModelConfig) -> int:

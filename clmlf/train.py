@@ -3,10 +3,13 @@
 It imports neither Ray nor MLflow: after every epoch it calls `report(metrics, epoch, checkpoint_dir)`, and the
 caller decides where that goes. Two phases: the text encoder is frozen for `frozen_text_epochs`, then fine-tuned;
 the image encoder stays frozen unless the config says otherwise. Frozen encoders run without autograd, in eval
-mode. The epoch is selected on dev; test is evaluated only at epochs that become the selected one, so the test
-numbers reported are those of the selected epoch and test never chooses anything.
+mode (in train mode, as the original code, with `frozen_encoder_mode=train`). The epoch is selected on dev; test
+is evaluated only at epochs that become the selected one, so the test numbers reported are those of the selected
+epoch and test never chooses anything.
 
 Command line: python -m clmlf.train --dataset demo --preset demo --output runs/demo
+Resolved config and its differences from the paper preset: python -m clmlf.train --preset original --dataset hfm
+--print-config
 """
 
 from __future__ import annotations
@@ -30,11 +33,21 @@ import torch
 from tqdm import tqdm
 
 from clmlf.augment import augmentation_transform, evaluation_transform
-from clmlf.config import ConfigError, TrainConfig, build_config, load_config_file, parse_overrides
+from clmlf.config import ConfigError, TrainConfig, build_config, differences, load_config_file, parse_overrides
 from clmlf.data import DataError, LoadedDataset, load_dataset
 from clmlf.encoders import EncoderUnavailable, load_tokenizer
 from clmlf.features import dataset_digest, default_cache_root, image_features, state_digest, text_states
-from clmlf.loading import CachedInputs, EncodedTexts, PostDataset, encode_texts, make_collate, make_loader
+from clmlf.loading import (
+    Batch,
+    CachedInputs,
+    EncodedTexts,
+    Phase,
+    PostDataset,
+    SplitInputs,
+    encode_texts,
+    make_collate,
+    make_loader,
+)
 from clmlf.losses import (
     classification_loss,
     data_based_contrastive_loss,
@@ -127,16 +140,16 @@ class Run:
         self.model = CLMLF(config.model, self.dataset.spec.num_classes).to(self.device)
         self.autocast = mixed_precision_context(self.device, config.mixed_precision)
         self.encoder_digests: dict[str, str] = {}
-        self.loaders = self._build_loaders()
+        self.splits = self._split_inputs()
         # fused: one kernel for all parameters instead of a loop over them (fine-tuning epochs 7-12% faster on the
         # demo preset on CPU, where AdamW over MiniLM's 22M parameters was a tenth of the step).
         self.optimizer = torch.optim.AdamW(self._parameter_groups(), weight_decay=config.weight_decay, fused=True)
-        self.steps_per_epoch = len(self.loaders["train"])
+        self.steps_per_epoch = len(self.loader("train", 0))
         if config.max_train_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._learning_rate_factor)
 
-    def _build_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
+    def _split_inputs(self) -> dict[str, SplitInputs]:
         config, model_config = self.config, self.config.model
         texts = {}
         pad_token_id = 0
@@ -152,36 +165,48 @@ class Run:
                 )
         evaluation = evaluation_transform(model_config.image_size) if model_config.uses_images else None
         augmentation = (
-            augmentation_transform(model_config.image_size, config.randaugment_ops, config.randaugment_magnitude)
+            augmentation_transform(
+                model_config.image_size,
+                config.randaugment_ops,
+                config.randaugment_magnitude,
+                config.randaugment_implementation,
+            )
             if model_config.uses_images
             else None
         )
         cached = self._cached_inputs(texts, evaluation, augmentation) if config.feature_cache else {}
-        self.shuffle_generator = torch.Generator()
-        collate = make_collate(pad_token_id)
-        pin_memory = self.device.type == "cuda"
-        loaders = {}
+        self.collate = make_collate(pad_token_id)
+        splits = {}
         for split, posts in self.dataset.splits.items():
             training = split == "train"
-            dataset = PostDataset(
+            splits[split] = SplitInputs(
                 posts,
                 texts.get(split),
                 image_transform=augmentation if training and config.augment_original_images else evaluation,
                 augmented_image_transform=augmentation,
-                cached=cached.get(split),
+                cached=cached.get(split, CachedInputs()),
                 augmented=training and config.uses_dbcl,
             )
-            lengths = [len(ids) for ids in texts[split].texts] if split in texts else None
-            loaders[split] = make_loader(
-                dataset,
-                collate,
-                batch_size=config.batch_size if training else config.eval_batch_size,
-                shuffle_generator=self.shuffle_generator if training else None,
-                lengths=lengths,
-                num_workers=config.num_workers,
-                pin_memory=pin_memory,
-            )
-        return loaders
+        return splits
+
+    def epoch_seed(self, epoch: int) -> int:
+        # Each epoch's randomness (order, augmentation, dropout) depends on (seed, epoch) alone, so a resumed run
+        # draws the same numbers as an uninterrupted one.
+        return self.config.seed * 100_003 + epoch
+
+    def loader(self, split: str, epoch: int) -> torch.utils.data.DataLoader:
+        """The split's batches in `epoch`'s phase: training batches shuffled by a generator seeded from (seed,
+        epoch), evaluation batches in a fixed order."""
+        training = split == "train"
+        return make_loader(
+            PostDataset(self.splits[split], Phase(epoch=epoch, text_frozen=self.text_frozen(epoch))),
+            self.collate,
+            batch_size=self.config.batch_size if training else self.config.eval_batch_size,
+            shuffle_generator=torch.Generator().manual_seed(self.epoch_seed(epoch)) if training else None,
+            group_by_length=self.config.train_batch_sampling == "length-grouped",
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _cached_inputs(self, texts: dict[str, EncodedTexts], evaluation, augmentation) -> dict[str, CachedInputs]:
         """Frozen encoders' outputs from the study's feature cache, for the parts the cache applies to.
@@ -210,6 +235,7 @@ class Run:
                 augmentation_settings={
                     "randaugment_ops": config.randaugment_ops,
                     "randaugment_magnitude": config.randaugment_magnitude,
+                    "randaugment_implementation": config.randaugment_implementation,
                 },
                 augmented_views=config.augmented_views,
                 seed=config.seed,
@@ -257,54 +283,45 @@ class Run:
         return epoch < self.config.frozen_text_epochs
 
     def set_phase(self, epoch: int, training: bool) -> None:
-        """Train mode for what learns; frozen encoders stay in eval mode and get no gradients."""
-        for loader in self.loaders.values():
-            loader.dataset.epoch = epoch
-            loader.dataset.use_text_states = self.text_frozen(epoch)
+        """Train mode for what learns; frozen encoders get no gradients and, unless frozen_encoder_mode=train, stay
+        in eval mode."""
         self.model.train(training)
-        if self.model.text_encoder is not None:
-            frozen = self.text_frozen(epoch)
-            self.model.text_encoder.requires_grad_(not frozen)
-            if frozen:
-                self.model.text_encoder.eval()
-        if self.model.image_backbone is not None:
-            frozen = self.config.model.freeze_image_encoder
-            self.model.image_backbone.requires_grad_(not frozen)
-            if frozen:
-                self.model.image_backbone.eval()
-
-    def model_inputs(self, batch: dict[str, torch.Tensor], augmented: bool, epoch: int) -> ModelInputs:
-        """Cached features when the batch has them; else frozen encoders run here, under no_grad."""
-        prefix = "augmented_" if augmented else ""
-        ids = batch.get(f"{prefix}input_ids")
-        mask = batch.get(f"{prefix}attention_mask")
-        images = batch.get(f"{prefix}images")
-        inputs = ModelInputs(
-            attention_mask=mask,
-            input_ids=ids,
-            images=images,
-            text_states=batch.get(f"{prefix}text_states"),
-            image_features=batch.get(f"{prefix}image_features"),
+        frozen_in_eval = self.config.frozen_encoder_mode == "eval"
+        encoders = (
+            (self.model.text_encoder, self.text_frozen(epoch)),
+            (self.model.image_backbone, self.config.model.freeze_image_encoder),
         )
-        if inputs.text_states is None and ids is not None and self.text_frozen(epoch):
+        for encoder, frozen in encoders:
+            if encoder is None:
+                continue
+            encoder.requires_grad_(not frozen)
+            if frozen and frozen_in_eval:
+                encoder.eval()
+
+    def encoded(self, inputs: ModelInputs, epoch: int) -> ModelInputs:
+        """The view with frozen encoders' outputs: cached ones when the batch has them, else computed here without
+        autograd."""
+        if inputs.text_states is None and inputs.input_ids is not None and self.text_frozen(epoch):
             with torch.no_grad():
-                inputs.text_states = self.model.encode_text(ids, mask)
-        if inputs.image_features is None and images is not None and self.config.model.freeze_image_encoder:
+                text_states = self.model.encode_text(inputs.input_ids, inputs.attention_mask)
+            inputs = dataclasses.replace(inputs, text_states=text_states)
+        if inputs.image_features is None and inputs.images is not None and self.config.model.freeze_image_encoder:
             with torch.no_grad():
-                inputs.image_features = self.model.image_backbone(images)
+                image_features = self.model.image_backbone(inputs.images)
+            inputs = dataclasses.replace(inputs, image_features=image_features)
         return inputs
 
-    def losses(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         config = self.config
-        labels = batch["labels"]
-        outputs = self.model(self.model_inputs(batch, augmented=False, epoch=epoch))
+        labels = batch.labels
+        outputs = self.model(self.encoded(batch.original, epoch))
         terms = {"classification": classification_loss(outputs.logits, labels)}
         if config.uses_lbcl:
             terms["lbcl"] = label_based_contrastive_loss(
                 outputs.lbcl_projection, labels, config.temperature, config.lbcl_variant
             )
         if config.uses_dbcl:
-            augmented = self.model(self.model_inputs(batch, augmented=True, epoch=epoch))
+            augmented = self.model(self.encoded(batch.augmented, epoch))
             terms["dbcl"] = data_based_contrastive_loss(
                 outputs.lbcl_projection, augmented.dbcl_projection, config.temperature
             )
@@ -317,15 +334,9 @@ class Run:
         )
         return terms
 
-    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-
     def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
         self.set_phase(epoch, training=True)
-        # Each epoch's randomness (order, augmentation, dropout) depends on (seed, epoch) alone, so a resumed
-        # run draws the same numbers as an uninterrupted one.
-        self.shuffle_generator.manual_seed(self.config.seed * 100_003 + epoch)
-        torch.manual_seed(self.config.seed * 100_003 + epoch)
+        torch.manual_seed(self.epoch_seed(epoch))
         sums: dict[str, float] = {}
         samples = 0
         started = time.perf_counter()
@@ -341,18 +352,18 @@ class Run:
         # what a starved accelerator or a cache that skips image loading shows up in.
         data_wait = 0.0
         waiting = time.perf_counter()
-        for step, batch in enumerate(self.loaders["train"]):
+        for step, batch in enumerate(self.loader("train", epoch)):
             if step >= self.steps_per_epoch:
                 break
             data_wait += time.perf_counter() - waiting
-            batch = self.to_device(batch)
+            batch = batch.to(self.device)
             with self.autocast:
                 terms = self.losses(batch, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             self.optimizer.step()
             self.scheduler.step()
-            size = len(batch["labels"])
+            size = len(batch)
             samples += size
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * size
@@ -378,12 +389,12 @@ class Run:
         self.set_phase(epoch, training=False)
         predictions: list[int] = []
         labels: list[int] = []
-        for batch in self.loaders[split]:
-            batch = self.to_device(batch)
+        for batch in self.loader(split, epoch):
+            batch = batch.to(self.device)
             with self.autocast:
-                outputs = self.model(self.model_inputs(batch, augmented=False, epoch=epoch))
-            predictions.extend(outputs.logits.argmax(dim=-1).tolist())
-            labels.extend(batch["labels"].tolist())
+                outputs = self.model(self.encoded(batch.original, epoch))
+            predictions.extend(self.model.predictions(outputs.logits).tolist())
+            labels.extend(batch.labels.tolist())
         metrics = with_prefix(split, classification_metrics(labels, predictions, self.dataset.spec.label_names))
         # The selection metric under a name that does not depend on the data set, for schedulers and ranking.
         metrics[f"{split}/score"] = metrics[f"{split}/{self.metric}"]
@@ -392,11 +403,13 @@ class Run:
 
     def untrained_encoders(self, epoch: int) -> dict[str, torch.nn.Module]:
         """The encoders that no epoch up to `epoch` has trained: their weights are still the ones the config
-        built (pretrained, a weights file, or a seeded random initialisation)."""
+        built (pretrained, a weights file, or a seeded random initialisation). A frozen ResNet in train mode has
+        updated its BatchNorm statistics, so it is not among them."""
         modules = {}
         if self.model.text_encoder is not None and self.text_frozen(epoch):
             modules["text_encoder"] = self.model.text_encoder
-        if self.model.image_backbone is not None and self.config.model.freeze_image_encoder:
+        frozen_in_eval = self.config.frozen_encoder_mode == "eval"
+        if self.model.image_backbone is not None and self.config.model.freeze_image_encoder and frozen_in_eval:
             modules["image_backbone"] = self.model.image_backbone
         return modules
 
@@ -425,7 +438,13 @@ class Run:
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
-        """Restores a checkpoint written by `state`; the encoders it left out must rebuild to the same weights."""
+        """Restores a checkpoint written by `state` to continue training."""
+        self.load_model_state(state, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def load_model_state(self, state: dict[str, Any], path: Path) -> None:
+        """The model's weights from a checkpoint; the encoders it left out must rebuild to the same weights."""
         untrained = state.get("untrained_encoders", {})
         sources = {
             "text_encoder": f"text encoder {self.config.model.text_encoder!r}",
@@ -445,8 +464,6 @@ class Run:
                 f"{path}: the checkpoint does not fit the config's model: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -539,13 +556,36 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clmlf.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
     parser.add_argument("--data-root", help="folder holding the data set's folder (not needed for demo)")
-    parser.add_argument("--preset", default=None, help="paper, demo or tiny (default: demo)")
+    parser.add_argument("--preset", default=None, help="paper, original, demo or tiny (default: demo)")
     parser.add_argument("--variant", help="full, mlf, mlf-lbcl, mlf-dbcl, text-only or image-only")
     parser.add_argument("--config", help="a flat config JSON (best_config.json, result.json) to start from")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
-    parser.add_argument("--output", required=True, help="folder for result.json and the checkpoint")
+    parser.add_argument("--output", help="folder for result.json and the checkpoint (required to train)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if present")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and where it differs from the paper preset on the same data set; no training",
+    )
+    arguments = parser.parse_args(argv)
+    if not arguments.print_config and not arguments.output:
+        parser.error("--output is required to train")
+    return arguments
+
+
+def describe_config(config: TrainConfig) -> str:
+    """Every flat key with its value, then the keys whose value differs from the paper preset's on the same
+    data set."""
+    flat = config.to_flat_dict()
+    width = max(map(len, flat))
+    lines = [f"{key:<{width}}  {json.dumps(value)}" for key, value in flat.items()]
+    changed = differences(config, build_config(config.dataset, "paper"))
+    lines.append("")
+    lines.append(f"differences from the paper preset on {config.dataset} ({len(changed)}):")
+    lines.extend(
+        f"{key:<{width}}  {json.dumps(paper)} -> {json.dumps(value)}" for key, (paper, value) in changed.items()
+    )
+    return "\n".join(lines)
 
 
 def config_from_arguments(arguments: argparse.Namespace) -> TrainConfig:
@@ -571,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
         config = config_from_arguments(arguments)
+        if arguments.print_config:
+            print(describe_config(config))
+            return 0
         output = Path(arguments.output)
         checkpoint = output / "checkpoint"
         resume_from = checkpoint if arguments.resume and (checkpoint / CHECKPOINT_FILE).is_file() else None

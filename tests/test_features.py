@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clmlf.config import build_config
+from clmlf.config import ConfigError, build_config
 from clmlf.demo_data import DemoSizes, generate_demo_dataset
 from clmlf.train import Run, train
 
@@ -69,34 +69,43 @@ def test_full_variant_with_the_bank_stays_within_tolerance(data_root, tmp_path):
 def test_cached_text_states_equal_the_frozen_encoder_output(data_root, tmp_path):
     run = Run(tiny_config(data_root, tmp_path, feature_cache=True), log=lambda _: None)
     run.set_phase(0, training=True)
-    batch = next(iter(run.loaders["dev"]))
-    assert "text_states" in batch and "image_features" in batch
+    batch = next(iter(run.loader("dev", 0))).original
+    assert batch.text_states is not None and batch.image_features is not None
     with torch.no_grad():
-        direct_text = run.model.encode_text(batch["input_ids"], batch["attention_mask"])
-    mask = batch["attention_mask"].bool()
-    torch.testing.assert_close(batch["text_states"][mask], direct_text[mask], atol=2e-2, rtol=2e-3)
+        direct_text = run.model.encode_text(batch.input_ids, batch.attention_mask)
+    mask = batch.attention_mask.bool()
+    torch.testing.assert_close(batch.text_states[mask], direct_text[mask], atol=2e-2, rtol=2e-3)
     # In the fine-tuning phase the text encoder learns, so cached states must no longer be served.
-    run.set_phase(1 + run.config.frozen_text_epochs, training=True)
-    assert "text_states" not in next(iter(run.loaders["dev"]))
+    fine_tuning = 1 + run.config.frozen_text_epochs
+    run.set_phase(fine_tuning, training=True)
+    assert next(iter(run.loader("dev", fine_tuning))).original.text_states is None
 
 
 def test_training_views_are_drawn_from_the_bank_and_change_with_the_epoch(data_root, tmp_path):
     config = tiny_config(data_root, tmp_path, feature_cache=True, augment_original_images=True)
     run = Run(config, log=lambda _: None)
-    dataset = run.loaders["train"].dataset
-    bank = dataset.cached.image_features  # (N, 1 + K, C, p, p)
+    bank = run.splits["train"].cached.image_features  # (N, 1 + K, C, p, p)
     seen = set()
     for epoch in range(6):
-        dataset.epoch = epoch
-        item = dataset[0]
+        item = run.loader("train", epoch).dataset[0]
         views = [
-            next(v for v in range(bank.shape[1]) if np.allclose(bank[0, v], item[key].numpy()))
-            for key in ("image_features", "augmented_image_features")
+            next(v for v in range(bank.shape[1]) if np.allclose(bank[0, v], view.image_features.numpy()))
+            for view in (item.original, item.augmented)
         ]
         assert 0 not in views, "training draws augmented views, not the evaluation view"
         assert views[0] != views[1], "DBCL's two views of an image differ"
         seen.add(tuple(views))
     assert len(seen) > 1
+
+
+def test_frozen_encoders_in_train_mode_refuse_the_cache(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"^feature_cache: .*train mode.*BatchNorm batch statistics"):
+        tiny_config(data_root, tmp_path, feature_cache=True, frozen_encoder_mode="train")
+    config = tiny_config(data_root, tmp_path, feature_cache=False, frozen_encoder_mode="train")
+    assert not config.feature_cache_allowed and "frozen_encoder_mode=train" in config.feature_cache_refusal
+    assert tiny_config(data_root, tmp_path, feature_cache=True).feature_cache_allowed
+    # The original preset keeps its frozen encoders in train mode, so a study on it must run uncached.
+    assert not build_config("mvsa-single", "original").feature_cache_allowed
 
 
 @pytest.mark.parametrize(
