@@ -2,6 +2,9 @@
 label merge (Xu and Mao 2017; Single 4,869 -> 4,511 posts, Multiple 19,600 -> 17,024) and a seeded
 8:1:1 split, HFM keeps its released splits after the train keyword filter (29,040 -> 19,816), and every
 dropped post is counted and listed by reason in ``conversion.json``.
+
+``checkpoint`` converts a checkpoint saved by the original CLMLF code into ours (see
+``clmlf/original_checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -490,25 +493,54 @@ def convert_hfm(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clmlf.convert",
-        description="Convert the MVSA or HFM raw release into the CLMLF layout.",
+        description="Convert the MVSA or HFM raw release into the CLMLF layout, or an original CLMLF checkpoint.",
     )
-    datasets = parser.add_subparsers(dest="dataset", required=True)
-    mvsa = datasets.add_parser("mvsa", help="MVSA-Single or MVSA-Multiple raw release")
+    sources = parser.add_subparsers(dest="source", required=True)
+    mvsa = sources.add_parser("mvsa", help="MVSA-Single or MVSA-Multiple raw release")
     mvsa.add_argument("--name", required=True, choices=MVSA_NAMES)
     mvsa.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (recorded)")
-    hfm = datasets.add_parser("hfm", help="HFM (Twitter sarcasm) raw release")
+    hfm = sources.add_parser("hfm", help="HFM (Twitter sarcasm) raw release")
     for sub in (mvsa, hfm):
         sub.add_argument("--raw", required=True, type=Path, help="raw release directory")
         sub.add_argument("--out", required=True, type=Path, help="data root to write <name>/ under")
         sub.add_argument("--translations", type=Path, help="JSON list of {id, text_translation} (for DBCL)")
         sub.add_argument("--link", action="store_true", help="hard-link (else symlink) images instead of copying")
+    checkpoint = sources.add_parser(
+        "checkpoint",
+        help="a state dict saved by the original CLMLF code, as our checkpoint under the `original` preset",
+    )
+    checkpoint.add_argument("--original", required=True, type=Path, help="the original code's .pth file")
+    checkpoint.add_argument("--dataset", required=True, help="mvsa-single, mvsa-multiple or hfm (sets the layers)")
+    checkpoint.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (state.pt)")
+    checkpoint.add_argument("--data-root", help="recorded in the config, for `python -m clmlf.evaluate`")
+    checkpoint.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     return parser
+
+
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from clmlf.config import parse_overrides
+    from clmlf.encoders import EncoderUnavailable
+    from clmlf.original_checkpoint import convert_checkpoint
+
+    try:
+        overrides = parse_overrides(args.set)
+        if args.data_root:
+            overrides["data_root"] = args.data_root
+        written = convert_checkpoint(args.original, args.dataset, args.out, overrides)
+    # ValueError: configuration errors, an unknown data set and checkpoints that do not fit all derive from it.
+    except (ValueError, EncoderUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {written}; score it with: python -m clmlf.evaluate {args.out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.source == "checkpoint":
+        return _convert_checkpoint(args)
     try:
-        if args.dataset == "mvsa":
+        if args.source == "mvsa":
             report = convert_mvsa(
                 args.raw,
                 args.out,

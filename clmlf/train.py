@@ -622,15 +622,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
-        f"selected epoch {result.selected_epoch + 1}: dev {json.dumps(_headline(result.dev))}, "
-        f"test {json.dumps(_headline(result.test))}"
+        f"selected epoch {result.selected_epoch + 1}: dev {json.dumps(headline(result.dev))}, "
+        f"test {json.dumps(headline(result.test))}"
     )
     print(f"result: {output / 'result.json'}")
     return 0
 
 
-def _headline(metrics: dict[str, float]) -> dict[str, float]:
-    return {key: round(value, 4) for key, value in metrics.items() if key.count("/") == 1}
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The split's summary numbers (`dev/acc`, ...), rounded for printing."""
+    return {key: round(value, 4) for key, value in metrics.items() if key.count("/") == 1 and isinstance(value, float)}
 
 
 if __name__ == "__main__":
