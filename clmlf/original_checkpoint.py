@@ -122,17 +122,18 @@ def convert_state_dict(original: Mapping[str, torch.Tensor], model: CLMLF, path:
     wrong_shapes: list[str] = []
     for key, target in model.state_dict().items():
         sources = original_sources(key)
+        used.update(sources)
         absent = [source for source in sources if source not in original]
         if absent:
             missing.extend(absent)
             continue
-        used.update(sources)
         value = torch.cat([original[source] for source in sources]) if len(sources) > 1 else original[sources[0]]
         if value.shape != target.shape:
             shapes = " + ".join(str(tuple(original[source].shape)) for source in sources)
             wrong_shapes.append(f"{' + '.join(sources)}: {shapes} in the file, our {key} needs {tuple(target.shape)}")
             continue
         converted[key] = value.to(target.dtype)
+    # A key the model needs is never reported as unexpected, even when a sibling it is stacked with is missing.
     rest = [key for key in original if key not in used]
     ignored = [key for key in rest if key.startswith(IGNORED)]
     unknown = [key for key in rest if not key.startswith(IGNORED)]
