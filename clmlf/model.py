@@ -159,7 +159,7 @@ class CLMLF(nn.Module):
         self.classifier = Classifier(width, config.classifier_outputs or classes, config.dropout)
         self.lbcl_head = projection_head(width)
         self.dbcl_head = projection_head(width)
-        # Same dropout, cheaper masks on CPU (otherwise 23% of a cached CPU training step; see clmlf/dropout.py).
+        # Same dropout, cheaper masks on CPU (see clmlf/dropout.py).
         use_fast_cpu_dropout(self)
 
     @property

@@ -96,8 +96,8 @@ def seed_everything(seed: int) -> None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products run several times faster than fp32 (measured 5x on a Zen 4 core);
-    without them bf16 is emulated and slower, so the CPU stays in fp32."""
+    """AVX512-BF16 or AMX: bf16 matrix products run several times faster than fp32; without them bf16 is
+    emulated and slower, so the CPU stays in fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -141,8 +141,8 @@ class Run:
         self.autocast = mixed_precision_context(self.device, config.mixed_precision)
         self.encoder_digests: dict[str, str] = {}
         self.splits = self._split_inputs()
-        # fused: one kernel for all parameters instead of a loop over them (fine-tuning epochs 7-12% faster on the
-        # demo preset on CPU, where AdamW over MiniLM's 22M parameters was a tenth of the step).
+        # fused: one kernel for all parameters instead of a loop over them; on CPU, AdamW over a fine-tuned text
+        # encoder's parameters is a visible part of each step.
         self.optimizer = torch.optim.AdamW(self._parameter_groups(), weight_decay=config.weight_decay, fused=True)
         self.steps_per_epoch = len(self.loader("train", 0))
         if config.max_train_batches:

@@ -10,11 +10,14 @@ import pytest
 from clmlf.config import (
     DATASET_SETTINGS,
     PRESETS,
+    TABLE3_ROWS,
     VARIANTS,
     ConfigError,
     ModelConfig,
     TrainConfig,
+    ablation_row,
     build_config,
+    differences,
     load_config_file,
     parse_overrides,
 )
@@ -55,7 +58,7 @@ def test_paper_preset_per_dataset(dataset, fusion_layers, image_layers, batch_si
         image_layers,
         batch_size,
     )
-    # The paper's shared settings (DESIGN.md section 1).
+    # The paper's shared settings.
     assert config.model.text_encoder == "bert-base-uncased"
     assert config.model.image_encoder == "resnet50"
     assert config.model.image_size == 224
@@ -136,7 +139,14 @@ def test_values_that_cannot_be_coerced_name_the_field(key, value):
     ("overrides", "field"),
     [
         ({"model.fusion_layers": 0}, "model.fusion_layers"),
-        ({"model.image_layers": 0}, "model.image_layers"),
+        ({"model.image_layers": -1}, "model.image_layers"),
+        ({"model.image_token_layout": "grid"}, "model.image_token_layout"),
+        ({"model.layer_norm_eps": 0}, "model.layer_norm_eps"),
+        ({"model.classifier_outputs": -3}, "model.classifier_outputs"),
+        ({"train_batch_sampling": "sorted"}, "train_batch_sampling"),
+        ({"randaugment_implementation": "timm"}, "randaugment_implementation"),
+        ({"frozen_encoder_mode": "frozen"}, "frozen_encoder_mode"),
+        ({"feature_cache": True, "frozen_encoder_mode": "train"}, "feature_cache"),
         ({"temperature": 0}, "temperature"),
         ({"temperature": -0.1}, "temperature"),
         ({"model.image_encoder": "resnet9"}, "model.image_encoder"),
@@ -247,3 +257,26 @@ def test_load_config_file_errors_name_the_file(tmp_path):
     invalid.write_text(json.dumps({**build_config("demo", "tiny").to_flat_dict(), "temperature": -1}))
     with pytest.raises(ConfigError, match=r"invalid\.json: temperature: "):
         load_config_file(invalid)
+
+
+@pytest.mark.parametrize("dataset", ["mvsa-single", "hfm"])
+@pytest.mark.parametrize("preset", ["paper", "original"])
+def test_table3_rows(dataset, preset):
+    base = build_config(dataset, preset)
+    rows = {row: build_config(dataset, preset, ablation_row(base, row)) for row in TABLE3_ROWS}
+    assert list(rows) == ["text-only", "image-only", "mlf", "mlf-lbcl", "mlf-dbcl", "full"]
+    for row, config in rows.items():
+        assert config.model.variant == row
+        assert config.epochs == base.epochs, "every row trains as many epochs as the base"
+    # BERT fine-tuned on the text alone from the first epoch.
+    text = rows["text-only"]
+    assert (text.frozen_text_epochs, text.model.uses_images, text.uses_lbcl, text.uses_dbcl) == (0, False, False, False)
+    # The image encoder's weights trained on the images alone, without image Transformer layers.
+    image = rows["image-only"]
+    assert (image.model.uses_text, image.model.freeze_image_encoder, image.model.image_layers) == (False, False, 0)
+    assert image.frozen_text_epochs == 0
+    # The fusion rows differ from the base in the variant alone.
+    for row in ("mlf", "mlf-lbcl", "mlf-dbcl", "full"):
+        assert set(differences(rows[row], base)) <= {"model.variant"}
+    with pytest.raises(ConfigError, match=r"^model\.variant: 'audio-only' is not a Table 3 row"):
+        ablation_row(base, "audio-only")

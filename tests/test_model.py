@@ -10,7 +10,7 @@ import torch
 import torchvision
 from fixtures import write_dataset
 
-from clmlf.config import ModelConfig, build_config
+from clmlf.config import ModelConfig, ablation_row, build_config
 from clmlf.data import dataset_spec
 from clmlf.encoders import (
     EncoderUnavailable,
@@ -224,18 +224,23 @@ def test_image_weights_from_a_local_file(tmp_path):
         ImageBackbone("resnet18", str(tmp_path / "missing.pth"), 64)
 
 
-@pytest.fixture
-def learning_run(tmp_path) -> Run:
-    """One real trainer step per phase on a tiny HFM-layout data set; no weight decay, so a parameter moves only
+def one_step_run(root, **overrides) -> Run:
+    """One real trainer step per epoch on a tiny HFM-layout data set; no weight decay, so a parameter moves only
     when it received a nonzero gradient."""
+    settings = {"data_root": str(root), "max_train_batches": 1, "weight_decay": 0, "mixed_precision": False}
+    return Run(build_config("hfm", "tiny", {**settings, **overrides}), log=lambda message: None)
+
+
+@pytest.fixture
+def hfm_data(tmp_path):
     root = tmp_path / "data"
     write_dataset(root, "hfm")
-    config = build_config(
-        "hfm",
-        "tiny",
-        {"data_root": str(root), "max_train_batches": 1, "weight_decay": 0, "mixed_precision": False},
-    )
-    return Run(config, log=lambda message: None)
+    return root
+
+
+@pytest.fixture
+def learning_run(hfm_data) -> Run:
+    return one_step_run(hfm_data)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -299,3 +304,27 @@ def test_every_trainable_parameter_learns_once_the_text_encoder_is_fine_tuned(le
         if name not in image_names and not moved(before, run.model, name)
     ]
     assert not stuck
+
+
+def test_the_image_only_row_trains_the_image_encoder_and_pools_its_tokens_directly(hfm_data):
+    base = build_config("hfm", "tiny")
+    run = one_step_run(hfm_data, **ablation_row(base, "image-only"))
+    assert run.model.text_encoder is None and run.model.image_transformer is None
+    assert [group["name"] for group in run.optimizer.param_groups] == ["fusion", "image_encoder"]
+    backbone = run.model.image_backbone
+    before = snapshot(backbone)
+    run.train_epoch(0, progress=False)
+    assert backbone.training
+    assert not [name for name, _ in backbone.named_parameters() if not moved(before, backbone, name)]
+    assert not run.untrained_encoders(0)
+
+
+def test_the_text_only_row_fine_tunes_the_text_encoder_from_the_first_epoch(hfm_data):
+    base = build_config("hfm", "tiny")
+    run = one_step_run(hfm_data, **ablation_row(base, "text-only"))
+    assert run.model.image_backbone is None and not run.text_frozen(0)
+    before = snapshot(run.model.text_encoder)
+    metrics = run.train_epoch(0, progress=False)
+    assert metrics["train/text_encoder_frozen"] == 0.0
+    encoder = run.model.text_encoder
+    assert not [name for name, _ in encoder.named_parameters() if not moved(before, encoder, name)]

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pytest
 import torch
 from fixtures import write_dataset
 
-from clmlf.config import TrainConfig, build_config
+from clmlf.config import PRESETS, TrainConfig, build_config
 from clmlf.data import DataError, load_dataset
 from clmlf.demo_data import ensure_demo_dataset
 from clmlf.metrics import majority_class_accuracy
@@ -353,3 +354,36 @@ def test_each_variant_trains_its_own_loss_terms(variant, terms, small_data):
     )
     assert metrics["train/loss"] == pytest.approx(expected, rel=1e-5)
     assert ("lr/text_encoder" in metrics) == (variant != "image-only")
+
+
+def test_print_config_shows_every_key_and_where_it_differs_from_the_paper_preset(capsys):
+    arguments = ["--preset", "original", "--dataset", "hfm", "--set", "batch_size=16", "--print-config"]
+    assert main(arguments) == 0
+    listing, _, changes = capsys.readouterr().out.partition("differences from the paper preset on hfm")
+    config = build_config("hfm", "original", {"batch_size": 16})
+    for key, value in config.to_flat_dict().items():
+        assert re.search(rf"^{re.escape(key)} +{re.escape(json.dumps(value))}$", listing, re.MULTILINE), key
+    changed = {line.split()[0]: line for line in changes.splitlines()[1:] if line.strip()}
+    assert set(changed) == set(PRESETS["original"]) | {"batch_size"}
+    assert changed["batch_size"].endswith("128 -> 16")
+    assert changed["frozen_encoder_mode"].endswith('"eval" -> "train"')
+
+
+def test_the_original_preset_trains_on_the_demo_layout(small_data):
+    # The original preset on a tiny model: the original's heads are width / 64, its feed-forward width the text
+    # encoder's (tiny-bert: 128 = 2 x 64).
+    tiny_model = {key: value for key, value in PRESETS["tiny"].items() if key.startswith("model.")}
+    overrides = {
+        **tiny_model,
+        "model.heads": 1,
+        "model.feedforward_multiplier": 2,
+        "data_root": str(small_data),
+        "frozen_text_epochs": 1,
+        "finetune_epochs": 1,
+        "batch_size": 4,
+    }
+    run = record_training(build_config("demo", "original", overrides))
+    assert run.epochs == [0, 1]
+    for metrics, _, _ in run.reports:
+        assert all(math.isfinite(metrics[f"train/loss_{name}"]) for name in ("classification", "lbcl", "dbcl"))
+        assert sum(map(sum, metrics["dev/confusion_matrix"])) == 3
