@@ -152,10 +152,8 @@ class Run:
     def _split_inputs(self) -> dict[str, SplitInputs]:
         config, model_config = self.config, self.config.model
         texts = {}
-        pad_token_id = 0
         if model_config.uses_text:
             tokenizer = load_tokenizer(model_config.text_encoder)
-            pad_token_id = tokenizer.pad_token_id
             for split, posts in self.dataset.splits.items():
                 texts[split] = encode_texts(
                     tokenizer,
@@ -175,7 +173,6 @@ class Run:
             else None
         )
         cached = self._cached_inputs(texts, evaluation, augmentation) if config.feature_cache else {}
-        self.collate = make_collate(pad_token_id)
         splits = {}
         for split, posts in self.dataset.splits.items():
             training = split == "train"
@@ -198,9 +195,10 @@ class Run:
         """The split's batches in `epoch`'s phase: training batches shuffled by a generator seeded from (seed,
         epoch), evaluation batches in a fixed order."""
         training = split == "train"
+        inputs = self.splits[split]
         return make_loader(
-            PostDataset(self.splits[split], Phase(epoch=epoch, text_frozen=self.text_frozen(epoch))),
-            self.collate,
+            PostDataset(inputs, Phase(epoch=epoch, text_frozen=self.text_frozen(epoch))),
+            make_collate(inputs.texts.pad_token_id if inputs.texts is not None else 0),
             batch_size=self.config.batch_size if training else self.config.eval_batch_size,
             shuffle_generator=torch.Generator().manual_seed(self.epoch_seed(epoch)) if training else None,
             group_by_length=self.config.train_batch_sampling == "length-grouped",
