@@ -58,7 +58,7 @@ def parent_run_id(experiment: Path) -> str:
     [
         (layer_sweep, ["--dataset", "no-such-set"], "--dataset"),
         (layer_sweep, ["--fusion-layers", "0,1"], "model.fusion_layers"),
-        (layer_sweep, ["--set", "model.image_layers=0"], "model.image_layers"),
+        (layer_sweep, ["--set", "model.image_layers=-1"], "model.image_layers"),
         (layer_sweep, ["--num-samples", "4"], "--num-samples"),
         (search, ["--search-keys", "temperature", "--set", "temperature=0.1"], "search space is empty"),
         (search, ["--grace-period", "1"], "--grace-period"),
