@@ -123,20 +123,18 @@ class Batch:
         return len(self.labels)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            original=self.original.to(device),
-            augmented=self.augmented.to(device) if self.augmented is not None else None,
-            labels=self.labels.to(device, non_blocking=True),
-            indices=self.indices.to(device, non_blocking=True),
-        )
+        return self.map_tensors(lambda tensor: tensor.to(device, non_blocking=True))
 
     def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True."""
+        return self.map_tensors(torch.Tensor.pin_memory)
+
+    def map_tensors(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
         return Batch(
-            original=self.original.pin_memory(),
-            augmented=self.augmented.pin_memory() if self.augmented is not None else None,
-            labels=self.labels.pin_memory(),
-            indices=self.indices.pin_memory(),
+            original=self.original.map_tensors(function),
+            augmented=self.augmented.map_tensors(function) if self.augmented is not None else None,
+            labels=function(self.labels),
+            indices=function(self.indices),
         )
 
 

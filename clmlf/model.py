@@ -30,13 +30,8 @@ class ModelInputs:
     images: torch.Tensor | None = None  # (B, 3, H, W)
     image_features: torch.Tensor | None = None  # (B, C, p, p), a frozen image backbone's output
 
-    def to(self, device: torch.device) -> ModelInputs:
-        return self._map(lambda tensor: tensor.to(device, non_blocking=True))
-
-    def pin_memory(self) -> ModelInputs:
-        return self._map(torch.Tensor.pin_memory)
-
-    def _map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> ModelInputs:
+    def map_tensors(self, function: Callable[[torch.Tensor], torch.Tensor]) -> ModelInputs:
+        """The same inputs with `function` applied to every tensor present."""
         values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
         return ModelInputs(**{name: None if value is None else function(value) for name, value in values.items()})
 
