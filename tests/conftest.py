@@ -10,6 +10,8 @@ real MLflow tracking server. Both are session-scoped, since starting them costs 
 - `mlflow_server`: `python -m mlflow server` on a free loopback port with a SQLite store and a local artifact
   root in a tmp folder; yields its `http://127.0.0.1:<port>` URI and stops it at the end of the session.
 - `free_loopback_port`: a TCP port on 127.0.0.1 that nothing listens on (e.g. an unreachable server's URI).
+- `smoke_sweep`: the smoke layer sweep on two seeds, run once on `ray_cluster` with one GPU per trial and its
+  checkpoints kept; its folder holds the study folder `tune/sweep` and the MLflow store `mlflow.db`.
 """
 
 from __future__ import annotations
@@ -76,6 +78,28 @@ def ray_cluster(clmlf_cache_dir: Path) -> Iterator[RayCluster]:
             if ray.is_initialized():
                 ray.shutdown()
             cluster.shutdown()
+
+
+SMOKE_SWEEP_NAME = "sweep"
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster) -> Path:
+    from studies import layer_sweep
+
+    folder = tmp_path_factory.mktemp("smoke-sweep")
+    arguments = [
+        "--smoke-test",
+        "--seeds", "2",
+        "--address", ray_cluster.address,
+        "--gpus-per-trial", "1",
+        "--keep-checkpoints",
+        "--storage-path", str(folder / "tune"),
+        "--name", SMOKE_SWEEP_NAME,
+        "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
+    ]  # fmt: skip
+    assert layer_sweep.main(arguments) == 0
+    return folder
 
 
 def free_port() -> int:

@@ -55,7 +55,7 @@ def test_paper_preset_per_dataset(dataset, fusion_layers, image_layers, batch_si
         image_layers,
         batch_size,
     )
-    # The paper's shared settings (DESIGN.md section 1).
+    # The paper's shared settings (its implementation details).
     assert config.model.text_encoder == "bert-base-uncased"
     assert config.model.image_encoder == "resnet50"
     assert config.model.image_size == 224

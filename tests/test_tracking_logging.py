@@ -11,17 +11,13 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from clmlf.config import TrainConfig, build_config
-from studies import common, layer_sweep, search
-from tracking import train_run
-from tracking.mlflow_logging import (
-    child_runs,
-    classification_report,
-    error_summary,
-    latest_failure,
-    trainer_metrics,
-)
+from studies import cli, layer_sweep, search
+from tracking import storage, train_run
+from tracking.mlflow_logging import classification_report, trainer_metrics
+from tracking.results.mlflow_runs import child_runs
+from tracking.results.record import error_summary, latest_failure
 
-SMOKE_EPOCHS = common.SMOKE_OVERRIDES["frozen_text_epochs"] + common.SMOKE_OVERRIDES["finetune_epochs"]
+SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]
 CHILD_ARTIFACTS = {"config.json", "confusion_matrix_dev.png", "confusion_matrix_test.png", "classification_report.json"}
 CHILD_TAGS = ("clmlf.study", "clmlf.study_name", "clmlf.dataset", "clmlf.variant", "clmlf.trial_id", "clmlf.seed",
               "clmlf.node", "clmlf.device", "clmlf.git_commit", "clmlf.status", "clmlf.retries")  # fmt: skip
@@ -92,7 +88,7 @@ def test_a_study_logs_a_parent_run_and_one_child_run_per_trial(tmp_path, ray_clu
     experiment = tmp_path / "tune" / "tracked"
     client = MlflowClient(mlflow_server)
     assert client.get_experiment_by_name("clmlf/search/demo") is not None
-    parent_id = json.loads((experiment / common.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    parent_id = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
     parent = client.get_run(parent_id)
     assert parent.info.run_name == "tracked" and parent.info.status == "FINISHED"
     assert {key: parent.data.tags[key] for key in ("clmlf.role", "clmlf.study", "clmlf.study_name")} == {
@@ -124,16 +120,19 @@ def test_a_study_logs_a_parent_run_and_one_child_run_per_trial(tmp_path, ray_clu
         assert sorted(metric.step for metric in history) == list(range(SMOKE_EPOCHS))
         assert artifact_names(client, run.info.run_id) >= CHILD_ARTIFACTS
 
+    # One seed per sampled configuration: the best trial is one with the best dev score (there may be ties).
     scores = {run.data.tags["clmlf.trial_id"]: run.data.metrics["selected/dev/score"] for run in runs}
-    best = max(scores, key=scores.get)
-    assert parent.data.tags["clmlf.best_trial_id"] == best
+    best = parent.data.tags["clmlf.best_trial_id"]
+    assert scores[best] == max(scores.values())
     assert parent.data.metrics["best/selected/dev/score"] == pytest.approx(scores[best])
+    best_run = next(run for run in runs if run.data.tags["clmlf.trial_id"] == best)
+    assert parent.data.metrics["best/selected/test/acc"] == pytest.approx(best_run.data.metrics["selected/test/acc"])
 
 
 @pytest.mark.slow
 def test_a_standalone_training_run_is_logged_like_a_trial(tmp_path, mlflow_server, clmlf_cache_dir):
     output = tmp_path / "standalone"
-    overrides = [f"--set={key}={value}" for key, value in common.SMOKE_OVERRIDES.items()]
+    overrides = [f"--set={key}={value}" for key, value in cli.SMOKE_OVERRIDES.items()]
     status = train_run.main(["--preset", "tiny", *overrides, "--output", str(output), "--tracking-uri", mlflow_server])
     assert status == 0
     client = MlflowClient(mlflow_server)
@@ -142,7 +141,7 @@ def test_a_standalone_training_run_is_logged_like_a_trial(tmp_path, mlflow_serve
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["clmlf.status"] == "TERMINATED"
-    expected = build_config("demo", "tiny", dict(common.SMOKE_OVERRIDES)).to_flat_dict()
+    expected = build_config("demo", "tiny", dict(cli.SMOKE_OVERRIDES)).to_flat_dict()
     assert run.data.params == {key: str(value) for key, value in expected.items()}
     steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(SMOKE_EPOCHS))

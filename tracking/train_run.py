@@ -30,15 +30,13 @@ from clmlf.train import (
     train,
 )
 from tracking.mlflow_logging import (
-    ERROR_TAG_CHARACTERS,
     RunRecorder,
-    TrackingUnavailable,
     check_tracking_uri,
     ensure_experiment,
     experiment_name,
     git_commit,
 )
-from tracking.uri import default_tracking_uri
+from tracking.uri import TrackingUnavailable, default_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 STUDY = "standalone"
@@ -72,18 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(config, report, output_dir=output, resume_from=resume_from, progress=True)
     except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch) as error:
-        close_failed(recorder, config.to_flat_dict(), str(error), "FAILED")
+        recorder.close(config.to_flat_dict(), error=str(error), status="FAILED")
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        close_failed(recorder, config.to_flat_dict(), "interrupted", "KILLED")
+        recorder.close(config.to_flat_dict(), error="interrupted", status="KILLED")
         raise
     except Exception:
-        close_failed(recorder, config.to_flat_dict(), traceback.format_exc(), "FAILED")
+        recorder.close(config.to_flat_dict(), error=traceback.format_exc(), status="FAILED")
         raise
-    recorder.log_outcome(result.config)
-    recorder.set_tags({"clmlf.status": "TERMINATED"})
-    recorder.finish("FINISHED")
+    recorder.close(result.config)
     print(f"selected epoch {result.selected_epoch + 1}: dev score {result.dev['dev/score']:.4f}")
     return 0
 
@@ -96,12 +92,7 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     if resume and run_file.is_file():
         saved = json.loads(run_file.read_text())
         if saved.get("tracking_uri") == tracking_uri:
-            recorder = RunRecorder(client, saved["run_id"], dataset)
-            recorder.logged_epochs = {
-                int(metric.step) for metric in client.get_metric_history(saved["run_id"], "selected/dev/score")
-            }
-            client.update_run(saved["run_id"], status="RUNNING")
-            return recorder
+            return RunRecorder.reopen(client, saved["run_id"], dataset)
     experiment_id = ensure_experiment(client, experiment_name(STUDY, dataset))
     run = client.create_run(
         experiment_id,
@@ -127,12 +118,6 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     output.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"tracking_uri": tracking_uri, "run_id": run.info.run_id}, indent=2))
     return recorder
-
-
-def close_failed(recorder: RunRecorder, flat_config: dict[str, Any], error: str, status: str) -> None:
-    recorder.log_outcome(flat_config)
-    recorder.set_tags({"clmlf.status": "ERROR", "clmlf.error": error[:ERROR_TAG_CHARACTERS]})
-    recorder.finish(status)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Where MLflow runs go by default; a module of its own so that readers of runs need not import Ray."""
+"""Where MLflow runs go by default; a module of its own, free of MLflow and Ray, for command lines to import."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 TRACKING_URI_VARIABLE = "CLMLF_TRACKING_URI"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking URI cannot be used; the message names it."""
 
 
 def default_tracking_uri() -> str:
