@@ -48,7 +48,7 @@ def read_study_folder(location: str) -> list[TrialRecord]:
             error_text=(trial.get_error() or "Tune wrote no error file") if trial.status == "ERROR" else "",
             where=f"Tune trial {trial.trial_id} in {location}{without_base}",
             # Tune counts the failure that ended an errored trial too; retries are the restarts.
-            retries=trial.num_failures - (trial.status == "ERROR"),
+            retries=max(trial.num_failures - (1 if trial.status == "ERROR" else 0), 0),
             study_kind=kind,
             study_name=name,
             parent_run_id=parent.get("parent_run_id"),
