@@ -450,20 +450,27 @@ def _dataset_directory(spec: DatasetSpec, data_root: str | Path | None) -> Path:
     )
 
 
-def _read_json_list(path: Path, what: str, problems: list[Problem]) -> list[Any] | None:
+def _read_text(path: Path, what: str, problems: list[Problem]) -> str | None:
+    """The file's UTF-8 text, or None with a problem when it cannot be read."""
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         problems.append(Problem(path, None, f"{what} file is missing"))
-        return None
     except UnicodeDecodeError as error:
         problems.append(Problem(path, None, f"{what} file is not UTF-8: {error}"))
-        return None
-    except json.JSONDecodeError as error:
-        problems.append(Problem(path, None, f"{what} file is not valid JSON: {error}"))
-        return None
     except OSError as error:
         problems.append(Problem(path, None, f"{what} file cannot be read: {error}"))
+    return None
+
+
+def _read_json_list(path: Path, what: str, problems: list[Problem]) -> list[Any] | None:
+    text = _read_text(path, what, problems)
+    if text is None:
+        return None
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        problems.append(Problem(path, None, f"{what} file is not valid JSON: {error}"))
         return None
     if not isinstance(content, list):
         problems.append(Problem(path, None, f"{what} file must hold a JSON list, found {type(content).__name__}"))
@@ -575,18 +582,10 @@ def _read_translations(path: Path, records: dict[str, list[_Record]], problems: 
 
 def _read_lines(path: Path, what: str, problems: list[Problem]) -> list[str] | None:
     """The file's lines without line endings (LF or CRLF), or None with a problem when it cannot be read."""
-    try:
-        content = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problems.append(Problem(path, None, f"{what} file is missing"))
+    text = _read_text(path, what, problems)
+    if text is None:
         return None
-    except UnicodeDecodeError as error:
-        problems.append(Problem(path, None, f"{what} file is not UTF-8: {error}"))
-        return None
-    except OSError as error:
-        problems.append(Problem(path, None, f"{what} file cannot be read: {error}"))
-        return None
-    return [line.removesuffix("\r") for line in content.split("\n")]
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _check_header(path: Path, lines: list[str], problems: list[Problem]) -> None:

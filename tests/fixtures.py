@@ -4,12 +4,19 @@ tests that need a data set without the real one."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from clmlf.data import IMAGE_FOLDER, SPLITS, dataset_spec
+
+
+def shared_data(folder: str, variable: str) -> Path:
+    """A folder of real data: `$variable` if set, else `../shared/data/<folder>` beside the repository (tests that
+    read it skip where it is absent)."""
+    return Path(os.environ.get(variable, Path(__file__).resolve().parents[2] / "shared" / "data" / folder))
 
 
 def write_json(path: Path, content: Any) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import random
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,6 +17,7 @@ from fixtures import (
     ASPECT_HEADER,
     back_translations_for,
     make_aspect_rows,
+    shared_data,
     write_aspect_dataset,
     write_tsv,
 )
@@ -137,20 +137,16 @@ ROW_CASES: dict[str, tuple[Callable[[Path], None], str, int | None, str]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(ROW_CASES))
-def test_each_row_problem_names_file_line_and_defect(tmp_path, case):
-    damage, file_name, line, fragment = ROW_CASES[case]
-    directory = write_aspect_dataset(tmp_path)
-    damage(directory)
+@pytest.mark.parametrize(("damage", "file_name", "line", "fragment"), ROW_CASES.values(), ids=ROW_CASES.keys())
+def test_each_row_problem_names_file_line_and_defect(tmp_path, damage, file_name, line, fragment):
+    damage(write_aspect_dataset(tmp_path))
 
-    error = load_error(tmp_path, need_translations=False)
+    [problem] = load_error(tmp_path, need_translations=False).problems
 
-    [problem] = error.problems
-    assert problem.file == directory / file_name
-    assert problem.line == line and problem.record_id is None
+    assert (problem.file, problem.line, problem.record_id) == (tmp_path / "twitter2015" / file_name, line, None)
     assert fragment in problem.message
-    where = f"{directory / file_name}: line {line}: " if line is not None else f"{directory / file_name}: "
-    assert f"  {where}{problem.message}" in str(error)
+    where = f": line {line}: " if line is not None else ": "
+    assert str(problem) == f"{problem.file}{where}{problem.message}"
 
 
 def test_every_problem_is_reported_at_once_and_blank_lines_are_no_rows(tmp_path):
@@ -456,21 +452,15 @@ def test_command_line_trains_the_full_model_on_aspect_rows_with_images(tmp_path,
     assert "augmented text: swap-delete" in capsys.readouterr().out
 
 
-def test_config_keys_of_the_aspect_sets():
-    paper = build_config("twitter2017", "paper")
-    assert (paper.model.fusion_layers, paper.model.image_layers, paper.batch_size) == (3, 2, 32)
-    assert paper.augmented_text == "dataset-default" and paper.image_folder is None
+def test_augmented_text_is_a_validated_config_key():
+    assert build_config("twitter2017", "paper").augmented_text == "dataset-default"
+    assert build_config("hfm", "tiny", {"augmented_text": "original"}).to_flat_dict()["augmented_text"] == "original"
     with pytest.raises(ConfigError, match="augmented_text: 'back_translation' is not one of"):
         build_config("twitter2015", "tiny", {"augmented_text": "back_translation"})
 
 
-def _real_aspect_data() -> Path:
-    beside_the_repository = Path(__file__).resolve().parents[2] / "shared/data/absa-text"
-    return Path(os.environ.get("CLMLF_ABSA_TEXT_DATA", beside_the_repository))
-
-
 def test_real_aspect_text_loads_with_the_published_sizes():
-    root = _real_aspect_data()
+    root = shared_data("absa-text", "CLMLF_ABSA_TEXT_DATA")
     if not root.is_dir():
         pytest.skip(f"real aspect-based text data not present at {root}")
 
