@@ -31,7 +31,6 @@ AFFECTED_KEYS = ("images_skipped", "images_blanked", "translations_replaced")
 MVSA_LABEL_NAMES = ("positive", "neutral", "negative")
 HFM_LABEL_NAMES = ("not-sarcastic", "sarcastic")
 ASPECT_LABEL_NAMES = ("negative", "neutral", "positive")
-LAYOUTS = ("json", "tsv")
 # Where the augmented text view of DBCL comes from; "dataset-default" is the data set's own choice.
 AUGMENTED_TEXT_SOURCES = ("dataset-default", "back-translation", "swap-delete", "original")
 # The aspect term's placeholder in the text column of the tab-separated layout.
