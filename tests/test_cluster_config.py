@@ -126,7 +126,7 @@ def commands_containing(commands: list[str], text: str) -> list[str]:
     return [command for command in commands if text in command]
 
 
-def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess[str]:
+def run_like_ray(command: str, home: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Runs a command the way Ray's SSH command runner does on a node (`bash --login -c -i` after
     `source ~/.bashrc`), with `home` as the node's home folder."""
     environment = {"HOME": str(home), "PATH": os.environ["PATH"], "USER": os.environ.get("USER", "ubuntu")}
@@ -138,7 +138,7 @@ def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess[str]:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
         check=False,
     )
 
