@@ -343,16 +343,22 @@ def test_mlflow_command_helper_names_the_file_when_an_option_is_missing(tmp_path
         mlflow_server_command_from_cluster_yaml(host="127.0.0.1", cluster_yaml=cluster_yaml)
 
 
+def worker_environment_after_setup(config: dict[str, Any], home: Path, head_ip: str) -> dict[str, str]:
+    """The environment of a command Ray runs on a worker after its setup commands wrote the environment file (run
+    twice: `ray up` reruns setup after a config change)."""
+    write_ubuntu_bashrc(home)
+    writes = with_head_node_ip(commands_containing(config["worker_setup_commands"], ENVIRONMENT_FILE), head_ip)
+    for _ in range(2):
+        for command in writes:
+            result = run_like_ray(command, home)
+            assert result.returncode == 0, f"{command}\n{result.stderr}"
+    return node_environment(home)
+
+
 def test_worker_environment_reaches_the_commands_ray_runs_later(
     config: dict[str, Any], settings: dict[str, Any], tmp_path: Path
 ) -> None:
-    write_ubuntu_bashrc(tmp_path)
-    writes = with_head_node_ip(commands_containing(config["worker_setup_commands"], ENVIRONMENT_FILE), "10.0.3.7")
-    for _ in range(2):  # `ray up` reruns setup after a config change
-        for command in writes:
-            result = run_like_ray(command, tmp_path)
-            assert result.returncode == 0, f"{command}\n{result.stderr}"
-    environment = node_environment(tmp_path)
+    environment = worker_environment_after_setup(config, tmp_path, "10.0.3.7")
     assert environment["CLMLF_TRACKING_URI"] == f"http://10.0.3.7:{MLFLOW_PORT}"
     assert environment["CLMLF_STORAGE_PATH"] == f"s3://{settings['bucket']}/tune"
     assert environment["CLMLF_RAY_ADDRESS"] == "auto"
