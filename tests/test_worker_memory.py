@@ -8,10 +8,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from clmlf.memory import anonymous_memory_mb, release_memory
 from studies import layer_sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +68,14 @@ def test_a_reused_worker_returns_to_its_baseline_between_trials(tmp_path, one_cp
     print("worker anonymous memory at each trial's start (MB):", [round(value) for value in starts])
     print("... and after each trial's last epoch (MB):", [round(row["trial/worker_rss_anon_mb"]) for row in rows])
     assert max(starts[1:]) - starts[1] < GROWTH_BOUND_MB, f"the worker kept what its trials allocated: {starts}"
+
+
+def test_anonymous_memory_counts_what_the_process_allocates_and_frees():
+    before = anonymous_memory_mb()
+    block = np.ones(2**23)  # 64 MiB, every page written
+    held = anonymous_memory_mb()
+    del block
+    release_memory()
+    after = anonymous_memory_mb()
+    assert held - before > 48
+    assert held - after > 48
