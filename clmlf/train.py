@@ -41,6 +41,7 @@ from clmlf.losses import (
     label_based_contrastive_loss,
     total_loss,
 )
+from clmlf.memory import release_memory
 from clmlf.metrics import classification_metrics, confusion_matrix, with_prefix
 from clmlf.model import CLMLF, ModelInputs
 
@@ -107,6 +108,21 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def learning_rate_factor(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    """The factor on each group's learning rate at a step: linear warmup, then constant or linear decay to 0."""
+    total = max(1, total_steps)
+    warmup = int(warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "linear":
+            return max(0.0, (total - step) / max(1, total - warmup))
+        return 1.0
+
+    return factor
+
+
 class Run:
     """Everything one training run holds: data, loaders, model, optimiser, and how a batch becomes losses."""
 
@@ -137,7 +153,12 @@ class Run:
         self.steps_per_epoch = len(self.loaders["train"])
         if config.max_train_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._learning_rate_factor)
+        # A closure over numbers, not a bound method: the scheduler must not refer back to the run, or the whole run
+        # (model, optimiser state, data) becomes a reference cycle that only a full garbage collection frees.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            learning_rate_factor(self.steps_per_epoch * config.epochs, config.warmup_ratio, config.lr_schedule),
+        )
 
     def _build_loaders(self) -> dict[str, torch.utils.data.DataLoader]:
         config, model_config = self.config, self.config.model
@@ -247,15 +268,6 @@ class Run:
         if image and not config.model.freeze_image_encoder:
             groups.append({"name": "image_encoder", "params": image, "lr": config.image_learning_rate})
         return groups
-
-    def _learning_rate_factor(self, step: int) -> float:
-        total = max(1, self.steps_per_epoch * self.config.epochs)
-        warmup = int(self.config.warmup_ratio * total)
-        if step < warmup:
-            return (step + 1) / warmup
-        if self.config.lr_schedule == "linear":
-            return max(0.0, (total - step) / max(1, total - warmup))
-        return 1.0
 
     def text_frozen(self, epoch: int) -> bool:
         return epoch < self.config.frozen_text_epochs
@@ -536,6 +548,10 @@ def train(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    # A worker process runs many trials in turn: what this run allocated goes back before the next one starts.
+    device = run.device
+    del run
+    release_memory(device)
     return result
 
 

@@ -28,6 +28,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
+    from clmlf.memory import anonymous_memory_mb
     from clmlf.train import resolve_device, train
 
     train_config = TrainConfig.from_flat_dict({**base, **config})
@@ -38,11 +39,16 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         "trial/device": str(resolve_device(train_config.device)),
         # The worker process: Tune runs several trials in one (reuse_actors), which this makes visible.
         "trial/process": f"{socket.gethostname()}:{os.getpid()}",
+        # What earlier trials in this process left behind; trial/worker_rss_anon_mb is the same after each epoch.
+        "trial/worker_rss_anon_start_mb": anonymous_memory_mb(),
     }
 
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
-        tune.report({**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement}, checkpoint=checkpoint)
+        memory = {"trial/worker_rss_anon_mb": anonymous_memory_mb()}
+        tune.report(
+            {**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement, **memory}, checkpoint=checkpoint
+        )
 
     checkpoint = tune.get_checkpoint()
     # Tune copies each reported checkpoint to its storage before report() returns, so one scratch folder
