@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tracking.mlflow_logging import (
     reopen_study_run,
     start_study_run,
 )
-from tracking.results.ranking import Ranking, mean_std_text, metric_column, rank, short, summary_frame
+from tracking.results.ranking import RANKING_RULE, Ranking, mean_std_text, metric_column, rank, short, summary_frame
 from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of, trials_frame
 from tracking.results.tune_folder import read_study_folder
 from tracking.study_callback import MlflowStudyCallback
@@ -245,14 +246,12 @@ class DropFinishedCheckpoints(tune.Callback):
 
 
 def print_summary(study: Study, ranking: Ranking, table_keys: list[str], show_trials: bool) -> None:
-    """The configurations best first (mean ± std over seeds), the failed and retried trials, the exported trial."""
+    """The configurations best first (RANKING_RULE), the failed and retried trials, the exported trial."""
     import pandas as pd
 
     table = summary_frame(ranking, keys=table_keys)
-    print(
-        f"\n{study.kind} on {study.dataset}: {len(ranking.trials)} trials, {len(ranking.completed)} succeeded; ranked "
-        f"on dev ({RANKING_METRIC}, mean ± std over seeds); test is reported, never ranked on"
-    )
+    print(f"\n{study.kind} on {study.dataset}: {len(ranking.trials)} trials, {len(ranking.completed)} succeeded")
+    print(textwrap.fill(RANKING_RULE.replace("`", ""), width=120))
     if not table.empty:
         f1 = f1_metric_of(study.dataset)
         shown = {"trial": table["run_ids"].str.replace(";", ",")} if show_trials else {}
