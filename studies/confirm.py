@@ -126,7 +126,7 @@ def study_trials(arguments) -> list[TrialRecord]:
     from tracking.results.mlflow_runs import read_mlflow_trials
     from tracking.results.ranking import without_duplicates
     from tracking.results.tune_folder import read_study_folder
-    from tracking.uri import default_tracking_uri
+    from tracking.uri import resolve_tracking_uri
 
     if not arguments.study and not arguments.parent_run:
         raise cli.StudyInputError("--study/--parent-run: name the study to confirm (its Tune folder or run id)")
@@ -137,7 +137,7 @@ def study_trials(arguments) -> list[TrialRecord]:
             raise cli.StudyInputError(f"--study {arguments.study}: not a study folder (no {storage.BASE_CONFIG_FILE})")
         records += read_study_folder(location)
     if arguments.parent_run:
-        tracking_uri = arguments.tracking_uri or default_tracking_uri()
+        tracking_uri = resolve_tracking_uri(arguments.tracking_uri)
         try:
             records += read_mlflow_trials(tracking_uri, parent_run_ids=[arguments.parent_run])
         except (ResultsError, MlflowException) as error:

@@ -29,19 +29,21 @@ from ray import tune
 
 from studies.cli import StudyInputError, check_dataset, saved_arguments
 from studies.trainable import train_trial, trial_dirname
-from tracking import storage
+from tracking import optuna_study, storage
 from tracking.mlflow_logging import (
     StudyRun,
     check_tracking_uri,
     finish_study_run,
     reopen_study_run,
     start_study_run,
+    tag_study_run,
 )
+from tracking.optuna_study import STORAGE_TAG, STUDY_TAG, StoredStudy
 from tracking.results.ranking import RANKING_RULE, Ranking, mean_std_text, metric_column, rank, short, summary_frame
 from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of, trials_frame
 from tracking.results.tune_folder import read_study_folder
 from tracking.study_callback import MlflowStudyCallback
-from tracking.uri import default_tracking_uri
+from tracking.uri import hide_password, resolve_tracking_uri
 
 RETRIES_PER_TRIAL = 2
 # Passed to every trial's worker process, so that a cluster's nodes use the driver's data and caches.
@@ -110,7 +112,7 @@ class Study:
         if not arguments.resume and (saved is not None or tune.Tuner.can_restore(path)):
             raise StudyInputError(f"--name {arguments.name}: {path} already holds a study; add --resume or pick a name")
         self.parent = StudyRun(**saved) if saved is not None else None
-        tracking_uri = self.parent.tracking_uri if self.parent else arguments.tracking_uri or default_tracking_uri()
+        tracking_uri = self.parent.tracking_uri if self.parent else resolve_tracking_uri(arguments.tracking_uri)
         if self.parent and arguments.tracking_uri and arguments.tracking_uri != tracking_uri:
             print(f"note: --resume logs to the study's own tracking URI {tracking_uri}, not {arguments.tracking_uri}")
         if arguments.resume:
@@ -137,6 +139,13 @@ class Study:
         storage.write_json(storage.join(self.path, storage.PARENT_RUN_FILE), self.parent.to_json())
         storage.write_json(storage.join(self.path, storage.STUDY_FILE), arguments)
         storage.write_json(storage.join(self.path, storage.BASE_CONFIG_FILE), self.base)
+
+    def record_optuna_study(self, stored: StoredStudy) -> None:
+        """Where a search's Optuna study is stored: in the study folder and on the parent run."""
+        assert self.parent is not None
+        optuna_study.record_location(self.path, stored)
+        tag_study_run(self.parent, {STORAGE_TAG: hide_password(stored.storage), STUDY_TAG: stored.name})
+        print(f"Optuna study {stored.shown}; watch it with: optuna-dashboard {hide_password(stored.storage)}")
 
     def run_config(self) -> tune.RunConfig:
         """Tune's run config: the study's folder, its MLflow child runs, retries and one checkpoint per trial."""
@@ -173,6 +182,9 @@ class Study:
         trials_file = storage.join(self.path, storage.TRIALS_FILE)
         storage.write_text(trials_file, trials_frame(self.records).to_csv(index=False))
         unfinished = [record for record in self.records if record.status not in FINISHED_STATUSES]
+        stored = optuna_study.recorded_location(self.path)
+        if stored is not None and not unfinished:
+            check_stored_study(stored, len(self.records))
         status = "KILLED" if unfinished else "FINISHED"
         finish_study_run(self.parent, best.trial_id if best else None, best.metrics if best else {}, status=status)
         export_report(self.path, self.parent)
@@ -182,6 +194,8 @@ class Study:
               f"parent run {self.parent.parent_run_id} ({self.parent.study_name})")  # fmt: skip
         if self.parent.tracking_uri.startswith("sqlite:"):
             print(f"  open the UI: mlflow ui --backend-store-uri {self.parent.tracking_uri}")
+        if stored is not None:
+            print(f"Optuna: study {stored.shown}; open it with: optuna-dashboard {hide_password(stored.storage)}")
         if unfinished:
             print(
                 f"\n{len(unfinished)} trial(s) did not finish (interrupted); continue with: "
@@ -189,6 +203,18 @@ class Study:
             )
             return 130
         return 0 if best is not None else 1
+
+
+def check_stored_study(stored: StoredStudy, tune_trials: int) -> None:
+    """After a finished search: trials that an interrupted driver asked for and never ran are marked failed, and the
+    stored study must hold one trial per Tune trial (besides those a warm start seeded)."""
+    unstarted = optuna_study.close_unstarted_trials(stored)
+    if unstarted:
+        print(f"Optuna: {unstarted} trial(s) asked for by an interrupted driver never ran; marked failed")
+    stored_trials = len(optuna_study.run_trials(optuna_study.load(stored))) - unstarted
+    if stored_trials != tune_trials:
+        print(f"warning: the stored Optuna study {stored.shown} holds {stored_trials} trial(s) of this search, Tune "
+              f"ran {tune_trials}", file=sys.stderr)  # fmt: skip
 
 
 def start_ray(address: str | None) -> None:

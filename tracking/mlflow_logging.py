@@ -28,7 +28,7 @@ from tracking.results.record import (
     clean_error,
     latest_failure,
 )
-from tracking.uri import TrackingUnavailable
+from tracking.uri import TrackingUnavailable, hide_password
 
 # The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
@@ -283,11 +283,21 @@ def start_study_run(
             "clmlf.git_commit": commit,
         },
     )
-    params = [Param(f"study.{key}", str(value)[:PARAM_VALUE_CHARACTERS]) for key, value in sorted(arguments.items())]
+    # A database or server URL in the arguments may hold a password; an MLflow server shows params to everyone.
+    params = [
+        Param(f"study.{key}", hide_password(str(value))[:PARAM_VALUE_CHARACTERS])
+        for key, value in sorted(arguments.items())
+    ]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
     client.log_dict(run.info.run_id, search_space, "search_space.json")
     return StudyRun(tracking_uri, experiment_id, run.info.run_id, study, study_name, dataset, commit)
+
+
+def tag_study_run(study_run: StudyRun, tags: dict[str, str]) -> None:
+    MlflowClient(study_run.tracking_uri).log_batch(
+        study_run.parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()]
+    )
 
 
 def reopen_study_run(study_run: StudyRun) -> None:

@@ -36,22 +36,21 @@ from tracking.mlflow_logging import (
     experiment_name,
     git_commit,
 )
-from tracking.uri import TrackingUnavailable, default_tracking_uri
+from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, resolve_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 STUDY = "standalone"
-TRACKING_HELP = "MLflow tracking URI (default $CLMLF_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
 
 
 def main(argv: list[str] | None = None) -> int:
     tracking_parser = argparse.ArgumentParser(add_help=False)
-    tracking_parser.add_argument("--tracking-uri", help=TRACKING_HELP)
+    tracking_parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     tracking_arguments, rest = tracking_parser.parse_known_args(argv)
     if {"-h", "--help"} & set(rest):
         print("python -m tracking.train_run: the options of clmlf.train below, and")
-        print(f"  --tracking-uri URI  {TRACKING_HELP}\n")
+        print(f"  --tracking-uri URI  {TRACKING_URI_HELP}\n")
     arguments = parse_arguments(rest)
-    tracking_uri = tracking_arguments.tracking_uri or default_tracking_uri()
+    tracking_uri = resolve_tracking_uri(tracking_arguments.tracking_uri)
     try:
         config = config_from_arguments(arguments)
         check_tracking_uri(tracking_uri)

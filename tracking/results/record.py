@@ -55,6 +55,8 @@ class TrialRecord:
     # The trial's MLflow child run, when it was read from MLflow.
     run_id: str | None = None
     source: str = ""
+    # A search's stored Optuna study (its storage URL; the Optuna study has the study's name), where it has one.
+    optuna_storage: str | None = None
 
     @property
     def completed(self) -> bool:
