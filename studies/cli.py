@@ -74,6 +74,14 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     return parser
 
 
+def study_question(docstring: str) -> str:
+    """What a study page asks: its title line and its `Question:` paragraph, unwrapped (the MLflow experiment's
+    description)."""
+    paragraphs = [paragraph.strip() for paragraph in docstring.strip().split("\n\n")]
+    chosen = [paragraphs[0], *(paragraph for paragraph in paragraphs[1:] if paragraph.startswith("Question:"))]
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in chosen)
+
+
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str) -> argparse.Namespace:
     """Parse; with --resume, the study's saved arguments replace all but the runtime ones (RUNTIME_OPTIONS)."""
     return resolve_study_arguments(parser.parse_args(argv), kind)

@@ -66,7 +66,7 @@ def run(arguments) -> int:
         arguments = cli.resolve_study_arguments(arguments, KIND)
     points = plan["points"]
 
-    with Study(KIND, arguments, plan["base"], described_space=plan) as study:
+    with Study(KIND, arguments, plan["base"], described_space=plan, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
         else:

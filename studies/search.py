@@ -107,7 +107,7 @@ def run(arguments) -> int:
     if arguments.warm_start and not arguments.resume:
         seeded = optuna_search.warm_start_trials(arguments, base, space)
 
-    with Study(KIND, arguments, base, described_space) as study:
+    with Study(KIND, arguments, base, described_space, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
         else:

@@ -20,6 +20,10 @@ from tracking.results.record import RANKING_MODE
 # Reported by every trial: the time axis of the phase-aware scheduler. Tune's `training_iteration` counts
 # report() calls, which only happens to equal epochs.
 EPOCHS_COMPLETED = "epochs_completed"
+# 1 when the epoch's checkpoint holds the model of the epoch selected on dev so far, else 0. Tune keeps each trial's
+# checkpoint with the highest value (ties: the later one, i.e. the latest selection) besides its latest one, so a
+# finished trial still has the model that its selected metrics describe.
+SELECTED_CHECKPOINT = "trial/selected_checkpoint"
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
@@ -29,8 +33,10 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     from ray import tune
 
     from clmlf.train import resolve_device, train
+    from studies.failures import final_errors_end_the_trial
 
-    train_config = TrainConfig.from_flat_dict({**base, **config})
+    with final_errors_end_the_trial():
+        train_config = TrainConfig.from_flat_dict({**base, **config})
     placement = {
         "trial/node": socket.gethostname(),
         "trial/node_ip": ray.util.get_node_ip_address(),
@@ -42,7 +48,10 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
-        tune.report({**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement}, checkpoint=checkpoint)
+        selected = {SELECTED_CHECKPOINT: float(metrics["selected/epoch"] == epoch)}
+        tune.report(
+            {**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement, **selected}, checkpoint=checkpoint
+        )
 
     checkpoint = tune.get_checkpoint()
     # Tune copies each reported checkpoint to its storage before report() returns, so one scratch folder
@@ -50,6 +59,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="clmlf-trial-") as output,
         checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_from,
+        final_errors_end_the_trial(),
     ):
         train(train_config, report, output_dir=output, resume_from=resume_from)
 

@@ -4,10 +4,15 @@ A study is one experiment `clmlf/<study>/<dataset>` holding one parent run per s
 child run per Tune trial (written by `tracking.study_callback` from the driver); a standalone training run is one
 run in `clmlf/standalone/<dataset>`. `RunRecorder` logs one training run, a trial's child run or a standalone run,
 in the same way: the full flat config as params, per-epoch metrics (step = epoch), the selected epoch's artifacts.
+
+What the MLflow UI reads is set the way MLflow sets it: the experiment-kind tag (the UI opens the experiment on its
+training runs, not on the GenAI overview), the description (`mlflow.note.content`), the primary metric, and the
+standard source tags of every run (`mlflow.source.name`, `.type`, `.git.commit`, `mlflow.user`).
 """
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import subprocess
@@ -18,12 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, SourceType
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER,
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 from tracking.results.record import (
     OVERALL_METRICS,
     RANKING_METRIC,
+    RANKING_MODE,
     SELECTED_SPLITS,
     clean_error,
     latest_failure,
@@ -34,6 +49,12 @@ from tracking.uri import TrackingUnavailable, hide_password
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
 # MLflow refuses longer parameter values; the flat config never comes near it, study arguments might.
 PARAM_VALUE_CHARACTERS = 6000
+# The experiment tag the MLflow UI (3.x) reads to decide what an experiment holds; without it an experiment opens on
+# the GenAI overview. The value is the UI's "Machine learning" kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The best trial's model: its checkpoint at the epoch selected on dev, an artifact folder of its child run.
+MODEL_ARTIFACT = "model"
 
 
 @contextmanager
@@ -87,13 +108,46 @@ def git_commit() -> str:
     return completed.stdout.strip() if completed.returncode == 0 else "unknown"
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
+def source_tags(source_name: str, commit: str) -> dict[str, str]:
+    """MLflow's standard source tags: the code that ran (a path in the repository), how, at which commit (from
+    `git_commit`), by whom."""
+    tags = {
+        MLFLOW_SOURCE_NAME: source_name,
+        MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+        MLFLOW_USER: getpass.getuser(),
+    }
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def ensure_experiment(client: MlflowClient, name: str, description: str) -> str:
+    """The experiment (created, or restored if deleted), marked as one of training runs and described."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    else:
+        experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+            client.restore_experiment(experiment_id)
+    tags = {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        MLFLOW_RUN_NOTE: description,
+        MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME: RANKING_METRIC,
+        MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER: str(RANKING_MODE == "max"),
+    }
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
+
+
+def study_description(study: str, dataset: str, question: str) -> str:
+    """An experiment's description (Markdown): what its study asks, on which data set, and how its runs are laid out."""
+    return (
+        f"{question.strip()}\n\nData set: {dataset}. One parent run per execution of `studies/{study}.py` (its "
+        "report, best config and summaries are its artifacts), one child run per trial, named by the values it "
+        f"tries. Runs are ranked on `{RANKING_METRIC}`; test numbers never rank anything."
+    )
 
 
 def trainer_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -267,20 +321,22 @@ def start_study_run(
     dataset: str,
     arguments: dict[str, Any],
     search_space: dict[str, Any],
+    question: str,
 ) -> StudyRun:
     """Create the experiment (if new) and the study's parent run, with its arguments and search space."""
     client = MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(client, experiment_name(study, dataset))
+    description = study_description(study, dataset, question)
+    experiment_id = ensure_experiment(client, experiment_name(study, dataset), description)
     commit = git_commit()
     run = client.create_run(
         experiment_id,
         run_name=study_name,
         tags={
+            **source_tags(study_source(study), commit),
             "clmlf.role": "study",
             "clmlf.study": study,
             "clmlf.study_name": study_name,
             "clmlf.dataset": dataset,
-            "clmlf.git_commit": commit,
         },
     )
     # A database or server URL in the arguments may hold a password; an MLflow server shows params to everyone.
@@ -294,6 +350,11 @@ def start_study_run(
     return StudyRun(tracking_uri, experiment_id, run.info.run_id, study, study_name, dataset, commit)
 
 
+def study_source(study: str) -> str:
+    """The study page that ran, as `mlflow.source.name` (whether started as a script or a console command)."""
+    return f"studies/{study}.py"
+
+
 def tag_study_run(study_run: StudyRun, tags: dict[str, str]) -> None:
     MlflowClient(study_run.tracking_uri).log_batch(
         study_run.parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()]
@@ -303,6 +364,41 @@ def tag_study_run(study_run: StudyRun, tags: dict[str, str]) -> None:
 def reopen_study_run(study_run: StudyRun) -> None:
     """Mark a resumed study's parent run as running again."""
     MlflowClient(study_run.tracking_uri).update_run(study_run.parent_run_id, status="RUNNING")
+
+
+def trial_run_id(study_run: StudyRun, trial_id: str) -> str | None:
+    """The child run of a trial of the study, or None."""
+    runs = MlflowClient(study_run.tracking_uri).search_runs(
+        [study_run.experiment_id],
+        filter_string=(
+            f"tags.`clmlf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'"
+        ),
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_study_outputs(study_run: StudyRun, texts: dict[str, str], folders: dict[str, Path]) -> None:
+    """The study's outputs as artifacts of its parent run: files given by their text, and whole folders."""
+    client = MlflowClient(study_run.tracking_uri)
+    for artifact_file, text in texts.items():
+        client.log_text(study_run.parent_run_id, text, artifact_file)
+    for artifact_path, folder in folders.items():
+        client.log_artifacts(study_run.parent_run_id, str(folder), artifact_path)
+
+
+def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, description: str) -> str | None:
+    """The best trial's checkpoint with a README that says how to load it, as the folder `model` of the trial's child
+    run; the parent run's tag `clmlf.best_model` points at it. Returns the artifact's URI (runs:/<run>/model)."""
+    run_id = trial_run_id(study_run, trial_id)
+    if run_id is None:
+        return None
+    client = MlflowClient(study_run.tracking_uri)
+    client.log_artifacts(run_id, str(checkpoint), MODEL_ARTIFACT)
+    client.log_text(run_id, description, f"{MODEL_ARTIFACT}/README.md")
+    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    client.set_tag(study_run.parent_run_id, "clmlf.best_model", uri)
+    return uri
 
 
 def finish_study_run(

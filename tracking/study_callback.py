@@ -12,7 +12,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from tracking.mlflow_logging import RunRecorder, StudyRun
+from tracking.mlflow_logging import RunRecorder, StudyRun, source_tags, study_source
+from tracking.results.record import describe_values
 
 
 class MlflowStudyCallback(Callback):
@@ -99,8 +100,9 @@ class MlflowStudyCallback(Callback):
             config = self.full_config(trial)
             run = self.client.create_run(
                 study_run.experiment_id,
-                run_name=trial.trial_id,
+                run_name=describe_values(trial.config) or trial.trial_id,
                 tags={
+                    **source_tags(study_source(study_run.study), study_run.git_commit),
                     "mlflow.parentRunId": study_run.parent_run_id,
                     "clmlf.role": "trial",
                     "clmlf.study": study_run.study,
@@ -109,7 +111,6 @@ class MlflowStudyCallback(Callback):
                     "clmlf.variant": str(config.get("model.variant", "")),
                     "clmlf.trial_id": trial.trial_id,
                     "clmlf.seed": str(config.get("seed", "")),
-                    "clmlf.git_commit": study_run.git_commit,
                     "clmlf.status": "RUNNING",
                     "clmlf.retries": str(self._retries.get(trial.trial_id, 0)),
                 },

@@ -10,11 +10,12 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, RANKING_MODE, TRIAL_METRICS, TrialRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def configuration_key(config: dict[str, Any]) -> str:
@@ -166,6 +167,8 @@ def summary_frame(ranking: Ranking, keys: Sequence[str] | None = None) -> pd.Dat
     """One row per configuration, best first: rank, config id, the config keys that tell the rows apart (default:
     the varying ones), the number of seeds n, mean and std over seeds of every dev and test metric, the seeds, the
     studies and the trials (MLflow run ids where read from MLflow, else Tune's trial ids)."""
+    import pandas as pd
+
     keys = list(ranking.varying if keys is None else keys)
     columns = ["rank", "config_id", *keys, "n"]
     columns += [f"{metric_column(metric)}_{statistic}" for metric in TRIAL_METRICS for statistic in ("mean", "std")]

@@ -156,6 +156,30 @@ def clean_error(error_text: str) -> str:
     return text[-ERROR_TEXT_LIMIT:]
 
 
+# Short names of the config keys that studies vary, for run names and the live view; other keys go by their last
+# dotted part.
+SHORT_KEY_NAMES = {
+    "model.fusion_layers": "fusion",
+    "model.image_layers": "image",
+    "temperature": "tau",
+    "lbcl_weight": "lbcl",
+    "dbcl_weight": "dbcl",
+    "batch_size": "batch",
+    "learning_rate": "lr",
+    "text_learning_rate": "text_lr",
+    "image_learning_rate": "image_lr",
+}
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    """What a trial tries, e.g. `fusion=3 image=2 seed=1` or `tau=0.0734 lbcl=1.2 batch=32` (floats to 3 digits)."""
+    parts = []
+    for key, value in values.items():
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        parts.append(f"{SHORT_KEY_NAMES.get(key, key.rsplit('.', 1)[-1])}={shown}")
+    return " ".join(parts)
+
+
 def f1_metric_of(dataset: str) -> str:
     """The F1 that tables show for a data set: its selection metric where that is an F1 (the paper's choice for
     each data set), else weighted F1."""
