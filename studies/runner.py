@@ -41,6 +41,7 @@ from tracking.mlflow_logging import (
     log_best_model,
     log_study_outputs,
     reopen_study_run,
+    runs_page,
     start_study_run,
     tag_study_run,
 )
@@ -224,6 +225,7 @@ class Study:
             print(f"  the best trial's model: {model} (model/README.md says how to load it)")
         if self.parent.tracking_uri.startswith("sqlite:"):
             print(f"  open the UI: mlflow ui --backend-store-uri {self.parent.tracking_uri}")
+        print(f"  its training runs: {runs_page(self.parent.tracking_uri, self.parent.experiment_id)}")
         if stored is not None:
             print(f"Optuna: study {stored.shown}; open it with: optuna-dashboard {hide_password(stored.storage)}")
         if unfinished:

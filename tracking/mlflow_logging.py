@@ -141,6 +141,14 @@ def ensure_experiment(client: MlflowClient, name: str, description: str) -> str:
     return experiment_id
 
 
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """The UI's page of an experiment's training runs, under the server's address (for a local store, under that of
+    `mlflow ui`). MLflow 3.17's UI chooses between its GenAI and its model-training views per browser (`workflowType`,
+    remembered from the switch at the top of its sidebar), not per experiment: the link names the view."""
+    server = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def study_description(study: str, dataset: str, question: str) -> str:
     """An experiment's description (Markdown): what its study asks, on which data set, and how its runs are laid out."""
     return (
