@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageFile
+from tqdm import tqdm
 
 SPLITS = ("train", "dev", "test")
 IMAGE_POLICIES = ("error", "skip", "blank")
@@ -465,6 +466,8 @@ def _check_images(image_folder: Path, records: dict[str, list[_Record]]) -> dict
     ids = [record.id for split_records in records.values() for record in split_records]
     with _truncated_images_refused(), ThreadPoolExecutor() as pool:
         reasons = pool.map(_image_problem, [_image_path(image_folder, post_id) for post_id in ids], chunksize=64)
+        # A progress bar on a terminal only (disable=None): trials' logs and CI get none.
+        reasons = tqdm(reasons, total=len(ids), desc="checking images", unit="image", disable=None, leave=False)
         return {post_id: reason for post_id, reason in zip(ids, reasons, strict=True) if reason is not None}
 
 
