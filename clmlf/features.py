@@ -4,7 +4,9 @@ Two kinds of entry, each in its own folder under `<cache root>/features/`:
 - image features: the frozen backbone's feature map (C, p, p) of every dev/test image (evaluation transform) and,
   for every training image, view 0 (evaluation transform) plus a bank of K augmented views (RandAugment plus
   flip, as in training). Each epoch a trial draws its training views from the bank, so K trades disk and build
-  time (K + 1 backbone passes per training image) against how many distinct augmentations training sees.
+  time (K + 1 backbone passes per training image) against how many distinct augmentations training sees. Each
+  distinct image of a split is encoded once, with a row index per post: in the aspect-based sets a post with
+  several aspects is several examples that share one image.
 - text states: the frozen text encoder's last hidden states of every text (and, for training, back-translation),
   stored ragged (all tokens of all texts in one array plus offsets). Used only while the text encoder is frozen.
 
@@ -37,7 +39,7 @@ from tqdm import tqdm
 from clmlf.data import Post
 from clmlf.loading import EncodedTexts, load_rgb, pad
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
 BUILD_BATCH = 64
 
@@ -60,9 +62,11 @@ class RaggedStates:
 
 @dataclass(frozen=True)
 class ImageFeatures:
-    """dev/test: (N, C, p, p); train: (N, 1 + K, C, p, p), view 0 being the evaluation transform."""
+    """Per distinct image, dev/test: (M, C, p, p); train: (M, 1 + K, C, p, p), view 0 being the evaluation
+    transform. `rows[split]` (N,) gives each post's row."""
 
     splits: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
     augmented_views: int
 
 
@@ -97,6 +101,18 @@ def dataset_digest(files: Sequence[Path], posts: dict[str, Sequence[Post]]) -> s
                 status = post.image_path.stat()
                 digest.update(f"{status.st_size}/{status.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+def distinct_images(posts: Sequence[Post]) -> tuple[list[Post], np.ndarray]:
+    """The first post of each distinct image (a blanked image is one grey image), and each post's index among them."""
+    first: dict[Path | None, int] = {}
+    representatives: list[Post] = []
+    rows = np.empty(len(posts), dtype=np.int64)
+    for index, post in enumerate(posts):
+        rows[index] = first.setdefault(post.image_path, len(representatives))
+        if rows[index] == len(representatives):
+            representatives.append(post)
+    return representatives, rows
 
 
 def _stable_seed(*parts) -> int:
@@ -194,12 +210,15 @@ def image_features(
 
     def build(staging: Path) -> None:
         backbone.eval()
-        bar = _progress(sum(len(split_posts) for split_posts in posts.values()), "image features", "image")
-        for split, split_posts in posts.items():
+        distinct = {split: distinct_images(split_posts) for split, split_posts in posts.items()}
+        bar = _progress(sum(len(images) for images, _ in distinct.values()), "image features", "image")
+        for split in posts:
             views = 1 + augmented_views if split == "train" else 1
+            images, rows = distinct[split]
+            np.save(staging / f"{split}_rows.npy", rows)
             array = None
-            for start in range(0, len(split_posts), BUILD_BATCH):
-                chunk = [load_rgb(post) for post in split_posts[start : start + BUILD_BATCH]]
+            for start in range(0, len(images), BUILD_BATCH):
+                chunk = [load_rgb(post) for post in images[start : start + BUILD_BATCH]]
                 for view in range(views):
                     if view == 0:
                         batch = [evaluation(image) for image in chunk]
@@ -209,7 +228,7 @@ def image_features(
                         batch = [augmentation(image) for image in chunk]
                     features = _backbone_batches(backbone, batch, device, autocast)  # (B, C, p, p)
                     if array is None:
-                        shape = (len(split_posts), views, *features.shape[1:])
+                        shape = (len(images), views, *features.shape[1:])
                         array = _write_array(staging / f"{split}.npy", shape)
                     array[start : start + len(chunk), view] = features
                 bar.update(len(chunk))
@@ -222,7 +241,8 @@ def image_features(
     for split in posts:
         array = _open_array(folder / f"{split}.npy")
         splits[split] = array if split == "train" else array[:, 0]
-    return ImageFeatures(splits=splits, augmented_views=augmented_views)
+    rows = {split: np.load(folder / f"{split}_rows.npy") for split in posts}
+    return ImageFeatures(splits=splits, rows=rows, augmented_views=augmented_views)
 
 
 def _progress(total: int, description: str, unit: str) -> tqdm:

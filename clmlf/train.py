@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from clmlf.augment import augmentation_transform, evaluation_transform
 from clmlf.config import ConfigError, TrainConfig, build_config, load_config_file, parse_overrides
-from clmlf.data import DataError, LoadedDataset, load_dataset
+from clmlf.data import DATASETS, DataError, LoadedDataset, load_dataset
 from clmlf.encoders import EncoderUnavailable, load_tokenizer
 from clmlf.features import dataset_digest, default_cache_root, image_features, state_digest, text_states
 from clmlf.loading import CachedInputs, EncodedTexts, PostDataset, encode_texts, make_collate, make_loader
@@ -120,6 +120,9 @@ class Run:
             need_images=config.model.uses_images,
             need_translations=config.uses_dbcl,
             image_policy=config.image_policy,
+            augmented_text=config.augmented_text,
+            image_folder=config.image_folder,
+            seed=config.seed,
         )
         log(self.dataset.summary())
         self.metric = selection_metric(config, self.dataset)
@@ -217,6 +220,7 @@ class Run:
             )
             for split in splits:
                 cached[split].image_features = bank.splits[split]
+                cached[split].image_rows = bank.rows[split]
         if model.text_encoder is not None and config.frozen_text_epochs > 0:
             states = text_states(
                 model.text_encoder,
@@ -537,8 +541,9 @@ def train(
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clmlf.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
+    parser.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: demo)")
     parser.add_argument("--data-root", help="folder holding the data set's folder (not needed for demo)")
+    parser.add_argument("--image-folder", help="the images' folder, if not the data set's default (docs/data.md)")
     parser.add_argument("--preset", default=None, help="paper, demo or tiny (default: demo)")
     parser.add_argument("--variant", help="full, mlf, mlf-lbcl, mlf-dbcl, text-only or image-only")
     parser.add_argument("--config", help="a flat config JSON (best_config.json, result.json) to start from")
@@ -554,6 +559,8 @@ def config_from_arguments(arguments: argparse.Namespace) -> TrainConfig:
         overrides["dataset"] = arguments.dataset
     if arguments.data_root:
         overrides["data_root"] = arguments.data_root
+    if arguments.image_folder:
+        overrides["image_folder"] = arguments.image_folder
     if arguments.variant:
         overrides["model.variant"] = arguments.variant
     overrides.update(parse_overrides(arguments.set))
