@@ -19,6 +19,7 @@ from typing import Any
 from clmlf.config import ConfigError
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
+from clmlf.train_command import parse_arguments
 from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, resolve_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
@@ -32,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(rest):
         print("python -m tracking.train_run: the options of clmlf.train below, and")
         print(f"  --tracking-uri URI  {TRACKING_URI_HELP}\n")
-    from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, config_from_arguments, parse_arguments, train
-
     arguments = parse_arguments(rest)
-    # MLflow is imported once the arguments are parsed.
+    # The trainer and MLflow are imported once the arguments are parsed.
+    from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, config_from_arguments, train
     from tracking.mlflow_logging import check_tracking_uri, experiment_name
 
     tracking_uri = resolve_tracking_uri(tracking_arguments.tracking_uri)
