@@ -2,7 +2,8 @@
 
 Question: a study ranks configurations on dev over a few seeds, so its winner is partly luck. This re-runs the
 top --top-k configurations of a finished study (ranked by their mean selected/dev/score over the seeds they ran
-on) on --seeds N fresh seeds that the study never used, and reports dev and test mean and spread for each.
+on, compared at equal n) on --seeds N fresh seeds that the study never used, and reports dev and test mean and
+spread for each.
 Test numbers for a report come from here, never from the study that chose the configurations.
 
 Data: the study's (its configs name the data set); --data-root points at the data on this machine, --set
