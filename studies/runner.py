@@ -211,10 +211,13 @@ class Study:
         if stored is not None and not unfinished:
             check_stored_study(stored, len(self.records))
         report = export_report(self.path, self.parent)
-        guarded("the outputs were not logged to the parent run", lambda: log_study_outputs(
-            self.parent, outputs, {storage.REPORT_FOLDER: report} if report else {}
-        ))  # fmt: skip
-        model = self.keep_best_model(best)
+        folders = {storage.REPORT_FOLDER: report} if report else {}
+        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders)
+        analysis = tune.ExperimentAnalysis(self.path)
+        selected = selected_checkpoint(analysis, best)
+        model = self.log_model(selected, best) if selected is not None and best is not None else None
+        if not self.arguments.keep_checkpoints:
+            drop_finished_checkpoints(analysis, keep=selected)
         status = "KILLED" if unfinished else "FINISHED"
         finish_study_run(self.parent, best.trial_id if best else None, best.metrics if best else {}, status=status)
         best_file = storage.join(self.path, storage.BEST_CONFIG_FILE) if best else "(no best config)"
@@ -236,34 +239,36 @@ class Study:
             return 130
         return 0 if best is not None else 1
 
-    def keep_best_model(self, best: TrialRecord | None) -> str | None:
-        """Log the best trial's checkpoint of its selected epoch to its child run; then, unless --keep-checkpoints,
-        delete the other checkpoints of finished trials (failed trials keep theirs for --resume-errored). Returns
-        the model's MLflow URI."""
+    def log_model(self, checkpoint: tune.Checkpoint, best: TrialRecord) -> str | None:
+        """The best trial's checkpoint of its selected epoch as the model of its child run; returns its URI."""
         assert self.parent is not None
-        analysis = tune.ExperimentAnalysis(self.path)
-        kept = None
-        model = None
-        trials = {trial.trial_id: trial for trial in analysis.trials}
-        if best is not None and best.trial_id in trials:
-            kept = analysis.get_best_checkpoint(trials[best.trial_id], metric=SELECTED_CHECKPOINT, mode="max")
-        if kept is not None:
 
-            def log() -> str | None:
-                with kept.as_directory() as folder:
-                    return log_best_model(self.parent, best.trial_id, Path(folder), model_readme(self, best))
+        def log() -> str | None:
+            with checkpoint.as_directory() as folder:
+                return log_best_model(
+                    self.parent, best.trial_id, Path(folder), lambda uri: model_readme(self, best, uri)
+                )
 
-            model = guarded("the best trial's model was not logged", log)
-        if not self.arguments.keep_checkpoints:
-            for trial in analysis.trials:
-                if trial.status != "TERMINATED":
-                    continue
-                # Tune keeps two per trial: the latest and the selected epoch's (run_config).
-                for checkpoint in (trial.checkpoint, analysis.get_best_checkpoint(trial, SELECTED_CHECKPOINT, "max")):
-                    if checkpoint is not None and (kept is None or checkpoint.path != kept.path):
-                        with contextlib.suppress(FileNotFoundError):
-                            checkpoint.filesystem.delete_dir(checkpoint.path)
-        return model
+        return guarded("the best trial's model was not logged", log)
+
+
+def selected_checkpoint(analysis: tune.ExperimentAnalysis, best: TrialRecord | None) -> tune.Checkpoint | None:
+    """The best trial's checkpoint of the epoch selected on dev (Tune keeps it by SELECTED_CHECKPOINT)."""
+    trial = next((trial for trial in analysis.trials if best is not None and trial.trial_id == best.trial_id), None)
+    return analysis.get_best_checkpoint(trial, SELECTED_CHECKPOINT, "max") if trial is not None else None
+
+
+def drop_finished_checkpoints(analysis: tune.ExperimentAnalysis, keep: tune.Checkpoint | None) -> None:
+    """Deletes the checkpoints of finished trials but `keep`: they continue nothing, and a paper-sized trial's
+    checkpoint is large (best_config.json trains any of them again). Failed trials keep theirs for --resume-errored."""
+    for trial in analysis.trials:
+        if trial.status != "TERMINATED":
+            continue
+        # Tune keeps two per trial: the latest and the selected epoch's (run_config).
+        for checkpoint in (trial.checkpoint, analysis.get_best_checkpoint(trial, SELECTED_CHECKPOINT, "max")):
+            if checkpoint is not None and (keep is None or checkpoint.path != keep.path):
+                with contextlib.suppress(FileNotFoundError):
+                    checkpoint.filesystem.delete_dir(checkpoint.path)
 
 
 def check_stored_study(stored: StoredStudy, tune_trials: int) -> None:
@@ -317,16 +322,16 @@ def points_space(points: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: tune.choice(list(dict.fromkeys(point.get(key) for point in points))) for key in keys}
 
 
-def guarded(what: str, action):
+def guarded(what: str, action, *arguments):
     """Run an export step; a failure is a warning (the study's results are in its folder already)."""
     try:
-        return action()
+        return action(*arguments)
     except Exception as error:  # MLflow's store decides what it raises
         print(f"warning: {what}: {type(error).__name__}: {error}", file=sys.stderr)
         return None
 
 
-def model_readme(study: Study, best: TrialRecord) -> str:
+def model_readme(study: Study, best: TrialRecord, uri: str) -> str:
     """The README beside the logged model: what it is and how to load it."""
     epoch = int(best.metrics.get("selected/epoch", -1)) + 1
     return f"""# The best model of study {study.arguments.name}
@@ -339,7 +344,7 @@ with a digest of their weights, and the config builds them again when it is load
 Download and score it on dev and test (the data set must be where its config, or --data-root, says):
 
     MLFLOW_TRACKING_URI={study.parent.tracking_uri if study.parent else ""} \\
-        mlflow artifacts download --artifact-uri <this folder's runs:/ URI> --dst-path best-model
+        mlflow artifacts download --artifact-uri {uri} --dst-path best-model
     python -m clmlf.evaluate best-model
 
 `clmlf.evaluate.evaluate_checkpoint(folder)` does the same from Python.

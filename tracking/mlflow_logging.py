@@ -17,7 +17,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,16 +395,17 @@ def log_study_outputs(study_run: StudyRun, texts: dict[str, str], folders: dict[
         client.log_artifacts(study_run.parent_run_id, str(folder), artifact_path)
 
 
-def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, description: str) -> str | None:
-    """The best trial's checkpoint with a README that says how to load it, as the folder `model` of the trial's child
-    run; the parent run's tag `clmlf.best_model` points at it. Returns the artifact's URI (runs:/<run>/model)."""
+def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, readme: Callable[[str], str]) -> str | None:
+    """The best trial's checkpoint with a README that says how to load it (`readme` of the model's URI), as the
+    folder `model` of the trial's child run; the parent run's tag `clmlf.best_model` points at it. Returns the URI
+    (runs:/<run>/model)."""
     run_id = trial_run_id(study_run, trial_id)
     if run_id is None:
         return None
     client = MlflowClient(study_run.tracking_uri)
-    client.log_artifacts(run_id, str(checkpoint), MODEL_ARTIFACT)
-    client.log_text(run_id, description, f"{MODEL_ARTIFACT}/README.md")
     uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    client.log_artifacts(run_id, str(checkpoint), MODEL_ARTIFACT)
+    client.log_text(run_id, readme(uri), f"{MODEL_ARTIFACT}/README.md")
     client.set_tag(study_run.parent_run_id, "clmlf.best_model", uri)
     return uri
 
