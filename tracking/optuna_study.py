@@ -84,8 +84,11 @@ def open_storage(url: str):
 
 
 def study_names(url: str) -> list[str]:
+    """The studies a storage holds; a SQLite file that does not exist holds none (and is not created)."""
     import optuna
 
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return []
     return optuna.study.get_all_study_names(storage=open_storage(url))
 
 
