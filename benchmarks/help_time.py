@@ -59,7 +59,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per command (the median is printed)")
     arguments = parser.parse_args()
     root = arguments.root.resolve()
-    baseline = statistics.median(seconds([sys.executable, "-c", "pass"], root, usage=False) for _ in range(arguments.repeat))
+    start_up = [sys.executable, "-c", "pass"]
+    baseline = statistics.median(seconds(start_up, root, usage=False) for _ in range(arguments.repeat))
     print(f"{root}: python start-up alone {baseline:.2f} s")
     for name in SCRIPT_FORMS:
         command = command_of(root, name)
