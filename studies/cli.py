@@ -42,10 +42,7 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="demo", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
     parser.add_argument("--data-root", help="folder that holds the data set's folder (not needed for demo)")
     parser.add_argument("--preset", default="demo", help=f"{', '.join(PRESETS)} (default: demo; --smoke-test: tiny)")
-    parser.add_argument(
-        "--address",
-        help=RAY_ADDRESS_HELP,
-    )
+    parser.add_argument("--address", help=RAY_ADDRESS_HELP)
     parser.add_argument(
         "--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)"
     )
@@ -65,7 +62,9 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume-errored", action="store_true", help="with --resume: also retry failed trials")
     parser.add_argument("--smoke-test", action="store_true", help="a handful of tiny trials (CI)")
     parser.add_argument(
-        "--keep-checkpoints", action="store_true", help="keep finished trials' last checkpoints (the trained models)"
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every finished trial's checkpoints (the best model's is kept and logged to MLflow anyway)",
     )
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     parser.add_argument(
