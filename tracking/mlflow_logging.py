@@ -5,9 +5,9 @@ child run per Tune trial (written by `tracking.study_callback` from the driver);
 run in `clmlf/standalone/<dataset>`. `RunRecorder` logs one training run, a trial's child run or a standalone run,
 in the same way: the full flat config as params, per-epoch metrics (step = epoch), the selected epoch's artifacts.
 
-What the MLflow UI reads is set the way MLflow sets it: the experiment-kind tag (the UI opens the experiment on its
-training runs, not on the GenAI overview), the description (`mlflow.note.content`), the primary metric, and the
-standard source tags of every run (`mlflow.source.name`, `.type`, `.git.commit`, `mlflow.user`).
+What the MLflow UI reads is set the way MLflow sets it: the experiment-kind tag, the description
+(`mlflow.note.content`), the primary metric, and the standard source tags of every run (`mlflow.source.name`,
+`.type`, `.git.commit`, `mlflow.user`). `runs_page` is the address that opens an experiment on its training runs.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from tracking.uri import TrackingUnavailable, hide_password
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
 # MLflow refuses longer parameter values; the flat config never comes near it, study arguments might.
 PARAM_VALUE_CHARACTERS = 6000
-# The experiment tag the MLflow UI (3.x) reads to decide what an experiment holds; without it an experiment opens on
-# the GenAI overview. The value is the UI's "Machine learning" kind.
+# The experiment tag that says what an experiment holds: the value is the UI's "Machine learning" kind (MLflow 3.x
+# UIs without the per-browser view switch open such an experiment on its runs; see runs_page for 3.17).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # The best trial's model: its checkpoint at the epoch selected on dev, an artifact folder of its child run.
