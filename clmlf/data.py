@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageFile
-from tqdm import tqdm
 
 from clmlf.text_augment import swap_and_delete
 
@@ -739,6 +738,8 @@ def _read_tsv_translations(path: Path, records: dict[str, list[_Record]], proble
 def _check_images(image_folder: Path, records: dict[str, list[_Record]]) -> dict[str, str]:
     """Why each unusable image is unusable, by record id; each image file is decoded once, however many records
     share it."""
+    from tqdm import tqdm  # imported here: command lines import this module before they parse their arguments
+
     paths = {record.id: image_folder / record.image_name for split in records.values() for record in split}
     distinct = list(dict.fromkeys(paths.values()))
     with _truncated_images_refused(), ThreadPoolExecutor() as pool:
