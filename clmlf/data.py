@@ -738,10 +738,15 @@ def _read_tsv_translations(path: Path, records: dict[str, list[_Record]], proble
 def _check_images(image_folder: Path, records: dict[str, list[_Record]]) -> dict[str, str]:
     """Why each unusable image is unusable, by record id; each image file is decoded once, however many records
     share it."""
+    from tqdm import tqdm  # imported here: command lines import this module before they parse their arguments
+
     paths = {record.id: image_folder / record.image_name for split in records.values() for record in split}
     distinct = list(dict.fromkeys(paths.values()))
     with _truncated_images_refused(), ThreadPoolExecutor() as pool:
-        reasons = dict(zip(distinct, pool.map(_image_problem, distinct, chunksize=64), strict=True))
+        problems = pool.map(_image_problem, distinct, chunksize=64)
+        # A progress bar on a terminal only (disable=None): trials' logs and CI get none.
+        problems = tqdm(problems, total=len(distinct), desc="checking images", unit="image", disable=None, leave=False)
+        reasons = dict(zip(distinct, problems, strict=True))
     return {record_id: reasons[path] for record_id, path in paths.items() if reasons[path] is not None}
 
 

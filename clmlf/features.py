@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from clmlf.data import Post
 from clmlf.loading import EncodedTexts, load_rgb, pad
@@ -209,9 +210,11 @@ def image_features(
 
     def build(staging: Path) -> None:
         backbone.eval()
-        for split, split_posts in posts.items():
+        distinct = {split: distinct_images(split_posts) for split, split_posts in posts.items()}
+        bar = _progress(sum(len(images) for images, _ in distinct.values()), "image features", "image")
+        for split in posts:
             views = 1 + augmented_views if split == "train" else 1
-            images, rows = distinct_images(split_posts)
+            images, rows = distinct[split]
             np.save(staging / f"{split}_rows.npy", rows)
             array = None
             for start in range(0, len(images), BUILD_BATCH):
@@ -228,8 +231,10 @@ def image_features(
                         shape = (len(images), views, *features.shape[1:])
                         array = _write_array(staging / f"{split}.npy", shape)
                     array[start : start + len(chunk), view] = features
+                bar.update(len(chunk))
             if array is not None:
                 array.flush()
+        bar.close()
 
     cached_entry(folder, build, log)
     splits = {}
@@ -240,6 +245,11 @@ def image_features(
     return ImageFeatures(splits=splits, rows=rows, augmented_views=augmented_views)
 
 
+def _progress(total: int, description: str, unit: str) -> tqdm:
+    """A progress bar on a terminal, nothing otherwise (trials' logs, CI)."""
+    return tqdm(total=total, desc=description, unit=unit, disable=None, leave=False)
+
+
 def _ragged_states(
     encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     sequences: Sequence[Sequence[int]],
@@ -248,6 +258,7 @@ def _ragged_states(
     device: torch.device,
     autocast,
     path: Path,
+    bar: tqdm,
 ) -> None:
     lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -261,6 +272,7 @@ def _ragged_states(
             states = _half_precision(encoder(ids.to(device), mask.to(device)).float().cpu().numpy(), "text states")
         for row, index in enumerate(indices):
             tokens[offsets[index] : offsets[index + 1]] = states[row, : lengths[index]]
+        bar.update(len(indices))
     tokens.flush()
     np.save(path.with_suffix(".offsets.npy"), offsets)
 
@@ -291,11 +303,14 @@ def text_states(
 
     def build(staging: Path) -> None:
         text_encoder.eval()
+        total = sum(len(encoded.texts) + len(encoded.translations or []) for encoded in texts.values())
+        bar = _progress(total, "text states", "text")
         for split, encoded in texts.items():
             arguments = (encoded.pad_token_id, width, device, autocast)
-            _ragged_states(encode, encoded.texts, *arguments, staging / f"{split}")
+            _ragged_states(encode, encoded.texts, *arguments, staging / f"{split}", bar)
             if encoded.translations:
-                _ragged_states(encode, encoded.translations, *arguments, staging / f"{split}_translation")
+                _ragged_states(encode, encoded.translations, *arguments, staging / f"{split}_translation", bar)
+        bar.close()
 
     cached_entry(folder, build, log)
     translations = None

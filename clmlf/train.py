@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from clmlf.augment import augmentation_transform, evaluation_transform
 from clmlf.config import ConfigError, TrainConfig, build_config, load_config_file, parse_overrides
-from clmlf.data import DATASETS, DataError, LoadedDataset, load_dataset
+from clmlf.data import DataError, LoadedDataset, load_dataset
 from clmlf.encoders import EncoderUnavailable, load_tokenizer
 from clmlf.features import dataset_digest, default_cache_root, image_features, state_digest, text_states
 from clmlf.loading import CachedInputs, EncodedTexts, PostDataset, encode_texts, make_collate, make_loader
@@ -44,6 +44,7 @@ from clmlf.losses import (
 from clmlf.memory import release_memory
 from clmlf.metrics import classification_metrics, confusion_matrix, with_prefix
 from clmlf.model import CLMLF, ModelInputs
+from clmlf.train_command import parse_arguments
 
 Report = Callable[[dict[str, Any], int, Path | None], None]
 CHECKPOINT_FILE = "state.pt"
@@ -553,20 +554,6 @@ def train(
     del run
     release_memory(device)
     return result
-
-
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clmlf.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: demo)")
-    parser.add_argument("--data-root", help="folder holding the data set's folder (not needed for demo)")
-    parser.add_argument("--image-folder", help="the images' folder, if not the data set's default (docs/data.md)")
-    parser.add_argument("--preset", default=None, help="paper, demo or tiny (default: demo)")
-    parser.add_argument("--variant", help="full, mlf, mlf-lbcl, mlf-dbcl, text-only or image-only")
-    parser.add_argument("--config", help="a flat config JSON (best_config.json, result.json) to start from")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
-    parser.add_argument("--output", required=True, help="folder for result.json and the checkpoint")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if present")
-    return parser.parse_args(argv)
 
 
 def config_from_arguments(arguments: argparse.Namespace) -> TrainConfig:

@@ -51,7 +51,7 @@ def run(arguments) -> int:
     points = [{"model.variant": variant, "seed": seed} for variant in rows for seed in seeds]
     cli.check_points(base, points, "--variants")
 
-    with Study(KIND, arguments, base, described_space={"points": points, "base": base}) as study:
+    with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
         else:

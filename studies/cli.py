@@ -17,9 +17,8 @@ from clmlf.data import DataError, dataset_spec, load_dataset
 from clmlf.encoders import EncoderUnavailable
 from tracking import storage
 from tracking.results.record import ResultsError
-from tracking.uri import TrackingUnavailable
+from tracking.uri import RAY_ADDRESS_HELP, TRACKING_URI_HELP, TrackingUnavailable, resolve_ray_address
 
-ADDRESS_VARIABLE = "CLMLF_RAY_ADDRESS"
 STORAGE_VARIABLE = "CLMLF_STORAGE_PATH"
 DEFAULT_STORAGE = "runs/tune"
 # Smoke tests (CI) train on a couple of batches: they check the plumbing, not the numbers.
@@ -43,11 +42,7 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="demo", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
     parser.add_argument("--data-root", help="folder that holds the data set's folder (not needed for demo)")
     parser.add_argument("--preset", default="demo", help=f"{', '.join(PRESETS)} (default: demo; --smoke-test: tiny)")
-    parser.add_argument(
-        "--address",
-        default=os.environ.get(ADDRESS_VARIABLE),
-        help=f"Ray cluster to join ('auto', host:port); default ${ADDRESS_VARIABLE}, else a local Ray started here",
-    )
+    parser.add_argument("--address", help=RAY_ADDRESS_HELP)
     parser.add_argument(
         "--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)"
     )
@@ -67,15 +62,23 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume-errored", action="store_true", help="with --resume: also retry failed trials")
     parser.add_argument("--smoke-test", action="store_true", help="a handful of tiny trials (CI)")
     parser.add_argument(
-        "--keep-checkpoints", action="store_true", help="keep finished trials' last checkpoints (the trained models)"
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every finished trial's checkpoints (the best model's is kept and logged to MLflow anyway)",
     )
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default $CLMLF_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
-    )
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting for every trial (repeatable)"
     )
     return parser
+
+
+def study_question(docstring: str) -> str:
+    """What a study page asks: its title line and its `Question:` paragraph, unwrapped (the MLflow experiment's
+    description)."""
+    paragraphs = [paragraph.strip() for paragraph in docstring.strip().split("\n\n")]
+    chosen = [paragraphs[0], *(paragraph for paragraph in paragraphs[1:] if paragraph.startswith("Question:"))]
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in chosen)
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str) -> argparse.Namespace:
@@ -84,8 +87,10 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, kin
 
 
 def resolve_study_arguments(arguments: argparse.Namespace, kind: str) -> argparse.Namespace:
-    """Absolute storage path and the study's name; with --resume, the study's saved arguments."""
+    """Absolute storage path, the Ray address (tracking.uri's precedence) and the study's name; with --resume, the
+    study's saved arguments."""
     arguments.storage_path = storage.absolute_location(arguments.storage_path)
+    arguments.address = resolve_ray_address(arguments.address)
     arguments.name = study_name(arguments, kind, arguments.storage_path)
     if arguments.resume:
         location = storage.join(arguments.storage_path, arguments.name)

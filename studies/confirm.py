@@ -2,7 +2,8 @@
 
 Question: a study ranks configurations on dev over a few seeds, so its winner is partly luck. This re-runs the
 top --top-k configurations of a finished study (ranked by their mean selected/dev/score over the seeds they ran
-on) on --seeds N fresh seeds that the study never used, and reports dev and test mean and spread for each.
+on, compared at equal n) on --seeds N fresh seeds that the study never used, and reports dev and test mean and
+spread for each.
 Test numbers for a report come from here, never from the study that chose the configurations.
 
 Data: the study's (its configs name the data set); --data-root points at the data on this machine, --set
@@ -66,7 +67,7 @@ def run(arguments) -> int:
         arguments = cli.resolve_study_arguments(arguments, KIND)
     points = plan["points"]
 
-    with Study(KIND, arguments, plan["base"], described_space=plan) as study:
+    with Study(KIND, arguments, plan["base"], described_space=plan, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
         else:
@@ -126,7 +127,7 @@ def study_trials(arguments) -> list[TrialRecord]:
     from tracking.results.mlflow_runs import read_mlflow_trials
     from tracking.results.ranking import without_duplicates
     from tracking.results.tune_folder import read_study_folder
-    from tracking.uri import default_tracking_uri
+    from tracking.uri import resolve_tracking_uri
 
     if not arguments.study and not arguments.parent_run:
         raise cli.StudyInputError("--study/--parent-run: name the study to confirm (its Tune folder or run id)")
@@ -137,7 +138,7 @@ def study_trials(arguments) -> list[TrialRecord]:
             raise cli.StudyInputError(f"--study {arguments.study}: not a study folder (no {storage.BASE_CONFIG_FILE})")
         records += read_study_folder(location)
     if arguments.parent_run:
-        tracking_uri = arguments.tracking_uri or default_tracking_uri()
+        tracking_uri = resolve_tracking_uri(arguments.tracking_uri)
         try:
             records += read_mlflow_trials(tracking_uri, parent_run_ids=[arguments.parent_run])
         except (ResultsError, MlflowException) as error:

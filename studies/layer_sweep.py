@@ -56,7 +56,7 @@ def run(arguments) -> int:
     ]
     cli.check_points(base, points, "--fusion-layers/--image-layers")
 
-    with Study(KIND, arguments, base, described_space={"points": points, "base": base}) as study:
+    with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
         else:

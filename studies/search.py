@@ -5,6 +5,10 @@ Question: good values for the contrastive temperature tau (log scale), the LBCL 
 and the LBCL variant (the paper's tau inside the softmax, or the original code's). Keys fixed with --set are
 left out of the search; --search-keys searches a subset.
 
+Optuna: TPE (multivariate, constant liar) asks and learns through a stored Optuna study: SQLite `optuna.db` in the
+study's folder, or --optuna-storage URL. `optuna-dashboard sqlite:///<storage>/<name>/optuna.db` opens it, live or
+after the search. --warm-start seeds a new search with the completed trials of a finished one (same base config).
+
 Early stopping: ASHA on dev/score, counted in epochs, with a grace period of at least frozen_text_epochs + 1, so
 no trial is judged before its text encoder has been fine-tuned. Optuna learns from each trial's
 selected/dev/score; test is never seen by either. Each sampled configuration runs on one seed (--set seed=N);
@@ -16,6 +20,7 @@ Run:
   python studies/search.py --num-samples 40 --max-concurrent 4
   python studies/search.py --time-budget-hours 6 --address auto --dataset hfm --preset paper --data-root /data
   python studies/search.py --search-keys temperature,lbcl_weight,dbcl_weight   # the losses only
+  python studies/search.py --warm-start runs/tune/search-demo-20260101-120000 --num-samples 20
   python studies/search.py --smoke-test                                          # three tiny trials (CI)
 """
 
@@ -26,7 +31,7 @@ from typing import Any
 
 from studies import cli
 from studies.trainable import phase_aware_scheduler
-from tracking.results.record import RANKING_METRIC, RANKING_MODE
+from tracking import storage
 
 KIND = "search"
 DEFAULT_SAMPLES = 20
@@ -58,14 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-period", type=int, help="ASHA's grace period in epochs (>= frozen_text_epochs + 1)")
     parser.add_argument("--reduction-factor", type=float, default=2, help="ASHA's reduction factor (default 2)")
     parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    parser.add_argument(
+        "--optuna-storage",
+        help="database URL of the stored Optuna study (default: sqlite in the study's folder; for a remote "
+        "--storage-path, ./optuna/<name>.db)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        metavar="STUDY",
+        help="seed the search with the completed trials of a finished search: its folder, or a database URL",
+    )
+    parser.add_argument("--warm-start-study", help="with a --warm-start URL that holds several studies: which one")
     return cli.main_guard(lambda: run(cli.parse_arguments(parser, argv, KIND)))
 
 
 def run(arguments) -> int:
     # Ray and the trainer are imported once the arguments are parsed.
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
+    from studies import optuna_search
     from studies.runner import TRIAL_PROCESSES, Study
 
     cli.refuse_options(arguments, {"--seeds": "each sample runs once; set its seed with --set seed=N"})
@@ -83,17 +99,26 @@ def run(arguments) -> int:
     described_space = {key: cli.describe_domain(domain) for key, domain in space.items()}
     # ASHA on dev, counted in epochs; built here so that a bad --grace-period is refused before Ray starts.
     scheduler = phase_aware_scheduler(base, arguments.grace_period, reduction_factor=arguments.reduction_factor)
+    # The stored Optuna study and the warm start's trials, checked before Ray starts too.
+    stored = optuna_search.stored_study_of(arguments, storage.join(arguments.storage_path, arguments.name))
+    if arguments.warm_start_study and not arguments.warm_start:
+        raise cli.StudyInputError("--warm-start-study: names a study in a --warm-start storage; give --warm-start")
+    seeded = []
+    if arguments.warm_start and not arguments.resume:
+        seeded = optuna_search.warm_start_trials(arguments, base, space)
 
-    with Study(KIND, arguments, base, described_space) as study:
+    with Study(KIND, arguments, base, described_space, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
         else:
+            # Optuna's TPE learns from each trial's final dev score; ASHA stops weak trials early.
+            searcher = optuna_search.stored_search(stored, base, described_space, seeded, arguments.sampler_seed)
+            study.record_optuna_study(stored)
             tuner = tune.Tuner(
                 study.trainable,
                 param_space=space,
                 tune_config=tune.TuneConfig(
-                    # Optuna's TPE learns from each trial's final dev score; ASHA stops weak trials early.
-                    search_alg=OptunaSearch(metric=RANKING_METRIC, mode=RANKING_MODE, seed=arguments.sampler_seed),
+                    search_alg=searcher,
                     scheduler=scheduler,
                     num_samples=num_samples,
                     time_budget_s=time_budget_s,

@@ -20,6 +20,10 @@ from tracking.results.record import RANKING_MODE
 # Reported by every trial: the time axis of the phase-aware scheduler. Tune's `training_iteration` counts
 # report() calls, which only happens to equal epochs.
 EPOCHS_COMPLETED = "epochs_completed"
+# 1 when the epoch's checkpoint holds the model of the epoch selected on dev so far, else 0. Tune keeps each trial's
+# checkpoint with the highest value (ties: the later one, i.e. the latest selection) besides its latest one, so a
+# finished trial still has the model that its selected metrics describe.
+SELECTED_CHECKPOINT = "trial/selected_checkpoint"
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
@@ -30,8 +34,10 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     from clmlf.memory import anonymous_memory_mb
     from clmlf.train import resolve_device, train
+    from studies.failures import final_errors_end_the_trial
 
-    train_config = TrainConfig.from_flat_dict({**base, **config})
+    with final_errors_end_the_trial():
+        train_config = TrainConfig.from_flat_dict({**base, **config})
     placement = {
         "trial/node": socket.gethostname(),
         "trial/node_ip": ray.util.get_node_ip_address(),
@@ -46,8 +52,10 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
         memory = {"trial/worker_rss_anon_mb": anonymous_memory_mb()}
+        selected = {SELECTED_CHECKPOINT: float(metrics["selected/epoch"] == epoch)}
         tune.report(
-            {**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement, **memory}, checkpoint=checkpoint
+            {**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement, **memory, **selected},
+            checkpoint=checkpoint,
         )
 
     checkpoint = tune.get_checkpoint()
@@ -56,6 +64,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="clmlf-trial-") as output,
         checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_from,
+        final_errors_end_the_trial(),
     ):
         train(train_config, report, output_dir=output, resume_from=resume_from)
 

@@ -260,9 +260,12 @@ def test_summary_gives_mean_and_std_over_three_seeds(report: dict[str, Path]) ->
     assert float(fusion_one["dev_score_std"]) == pytest.approx(statistics.stdev([0.60, 0.62, 0.76]))
     single = by_layers[("3", "full", "0.07", "0.1")]
     assert int(single["n"]) == 1 and single["dev_score_std"] == ""
-    # Sorted by dev mean, the ranking column counts up.
-    means = [float(row["dev_score_mean"]) for row in rows]
-    assert means == sorted(means, reverse=True)
+    # Compared at equal n: the two three-seed configurations first, then the single-seed ones; each group sorted by
+    # its dev mean, and the ranking column counts up.
+    assert [int(row["n"]) for row in rows] == [3, 3] + [1] * 9
+    for group in (rows[:2], rows[2:]):
+        means = [float(row["dev_score_mean"]) for row in group]
+        assert means == sorted(means, reverse=True)
     assert [row["rank"] for row in rows] == [str(rank) for rank in range(1, len(rows) + 1)]
     # 3 + 3 + 1 sweep configurations (the failed one is not), 4 search points, 4 ablation variants.
     assert len(rows) == 11
@@ -328,6 +331,27 @@ def test_ties_go_to_more_seeds_and_failed_trials_never_count() -> None:
     assert [configuration.config["model.fusion_layers"] for configuration in ranked] == [2, 1]
     assert ranked[0].mean("selected/dev/score") == pytest.approx(0.6)
     assert ranked[0].best_trial().trial_id == "f2b"
+
+
+def test_configurations_are_compared_at_equal_n(report: dict[str, Path]) -> None:
+    def trial(trial_id: str, layers: int, seed: int, dev: float) -> TrialRecord:
+        config = build_config("demo", "tiny", {"seed": seed, "model.fusion_layers": layers}).to_flat_dict()
+        return TrialRecord(trial_id, "demo", "TERMINATED", config, {"selected/dev/score": dev})
+
+    # Fusion 1 and 3 ran on two seeds; fusion 2 and 4 on one (their second seed failed). A plain mean would put
+    # fusion 2's single lucky seed first.
+    trials = [
+        trial("a", 1, 0, 0.55), trial("b", 1, 1, 0.65),
+        trial("c", 2, 0, 0.90),
+        trial("d", 3, 0, 0.60), trial("e", 3, 1, 0.70),
+        trial("f", 4, 1, 0.70),
+    ]  # fmt: skip
+    ranked = rank_configurations(trials)
+    assert [configuration.config["model.fusion_layers"] for configuration in ranked] == [3, 1, 2, 4]
+    # The rule is stated where the ranking is shown.
+    for folder in report.values():
+        assert "compared at equal n" in (folder / "summary.md").read_text()
+        assert "compared at equal n" in (folder / "report.html").read_text()
 
 
 def test_command_line_writes_the_report_and_rejects_an_unknown_experiment(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import signal
 import statistics
 import subprocess
@@ -13,14 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import ray
 import torch
+from conftest import start_logged, stop_process_group
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from clmlf.config import TrainConfig, build_config, load_config_file
-from studies import ablation, cli, confirm, layer_sweep, runner, search, trainable
+from studies import ablation, cli, confirm, layer_sweep, search, trainable
 from tracking import storage
 from tracking.results.mlflow_runs import child_runs, read_mlflow_trials
 from tracking.results.tune_folder import read_tune_trials
@@ -197,35 +201,71 @@ def test_confirm_reruns_the_best_configurations_on_fresh_seeds(smoke_sweep, ray_
         assert sorted(entry["study_dev"]) == pytest.approx(sorted(scores[pair]))
 
 
+def first_row(trial_dir: Path) -> dict | None:
+    try:
+        rows = result_rows(trial_dir)
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being written
+        return None
+    return rows[0] if rows else None
+
+
 @pytest.mark.slow
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_cluster, capsys):
-    # text-only never builds the image encoder, so only the image-only trial meets the missing weights file
-    # (the config is valid; the file is looked for when the model is built, in the trial).
+def test_a_final_error_fails_its_trial_once_and_a_killed_worker_is_retried(tmp_path, ray_cluster):
+    # image-only meets a missing weights file when its model is built: EncoderUnavailable, which no retry can fix
+    # (text-only never builds the image encoder). text-only's worker process is killed after its first epoch, as a
+    # lost node takes it: that is retried from the trial's checkpoint.
     arguments = study_arguments(
         tmp_path,
         "faulty",
         "--address", ray_cluster.address,
         "--variants", "text-only,image-only",
         "--set", "model.image_weights=/nonexistent/weights.pth",
+        "--set", "finetune_epochs=3",
     )  # fmt: skip
-    assert ablation.main(arguments) == 0
-    printed = capsys.readouterr().out
     experiment = tmp_path / "tune" / "faulty"
+    log_path = tmp_path / "driver.log"
+    driver = start_logged([sys.executable, str(PROJECT_ROOT / "studies" / "ablation.py"), *arguments], log_path,
+                          dict(os.environ))  # fmt: skip
+    try:
+        killed = None
+        deadline = time.monotonic() + 300
+        while killed is None and driver.poll() is None and time.monotonic() < deadline:
+            for trial_dir in trial_dirs(experiment):
+                params = json.loads((trial_dir / "params.json").read_text())
+                row = first_row(trial_dir) if params["model.variant"] == "text-only" else None
+                if row is not None:
+                    os.kill(int(row["trial/process"].rsplit(":", 1)[1]), signal.SIGKILL)
+                    killed = trial_dir.name.removeprefix("trial_")
+            time.sleep(0.2)
+        assert killed is not None, (
+            f"text-only reported no epoch before the study ended:\n{log_path.read_text()[-3000:]}"
+        )
+        driver.wait(timeout=600)
+    finally:
+        stop_process_group(driver)
+    printed = log_path.read_text()
+    assert driver.returncode == 0, printed[-3000:]
     rows = {row["model.variant"]: row for row in read_trials_csv(experiment)}
-    assert rows["text-only"]["status"] == "TERMINATED"
-    assert rows["image-only"]["status"] == "ERROR"
+    assert (rows["text-only"]["status"], rows["text-only"]["retries"]) == ("TERMINATED", "1")
+    assert (rows["image-only"]["status"], rows["image-only"]["retries"]) == ("ERROR", "0")
     assert "/nonexistent/weights.pth" in rows["image-only"]["error"]
     assert "failed trials (1)" in printed and rows["image-only"]["trial_id"] in printed
+    # The failed trial ran once: Tune recorded one failure.
+    error_file = (experiment / f"trial_{rows['image-only']['trial_id']}" / "error.txt").read_text()
+    assert error_file.count("Failure # ") == 1
+    # The killed trial went on from its checkpoint: every epoch reported once, the last ones by a new process.
+    text_rows = result_rows(experiment / f"trial_{killed}")
+    assert [row["epoch"] for row in text_rows] == list(range(4))
+    assert len({row["trial/process"] for row in text_rows}) == 2
 
     runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
-    failed = [run for run in runs if run.data.tags["clmlf.trial_id"] == rows["image-only"]["trial_id"]]
-    assert len(failed) == 1 and failed[0].info.status == "FAILED"
-    assert failed[0].data.tags["clmlf.status"] == "ERROR"
-    assert "EncoderUnavailable" in failed[0].data.tags["clmlf.error"]
-    assert failed[0].data.tags["clmlf.retries"] == str(runner.RETRIES_PER_TRIAL)
-    assert rows["image-only"]["retries"] == str(runner.RETRIES_PER_TRIAL)
+    tags = {run.data.tags["clmlf.trial_id"]: (run.info.status, run.data.tags) for run in runs}
+    failed_status, failed_tags = tags[rows["image-only"]["trial_id"]]
+    assert failed_status == "FAILED" and failed_tags["clmlf.status"] == "ERROR"
+    assert "EncoderUnavailable" in failed_tags["clmlf.error"] and failed_tags["clmlf.retries"] == "0"
+    assert tags[killed][0] == "FINISHED" and tags[killed][1]["clmlf.retries"] == "1"
 
-    # Read back, from the Tune folder and from MLflow alike: failed after its retries, with the error that ended it.
+    # Read back, from the Tune folder and from MLflow alike: the same statuses, retries and errors.
     logged = {trial.trial_id: trial for trial in read_mlflow_trials(f"sqlite:///{tmp_path / 'mlflow.db'}")}
     for trial in read_tune_trials(experiment):
         assert (trial.status, trial.retries, trial.completed) == (logged[trial.trial_id].status,
@@ -233,7 +273,6 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_cluster
                                                                    logged[trial.trial_id].completed)  # fmt: skip
         assert trial.error == logged[trial.trial_id].error
     failed_record = logged[rows["image-only"]["trial_id"]]
-    assert failed_record.status == "ERROR" and failed_record.retries == runner.RETRIES_PER_TRIAL
     assert "/nonexistent/weights.pth" in failed_record.failure and "Failure #" not in failed_record.failure
 
 
@@ -247,8 +286,9 @@ def experiment_statuses(experiment: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_cluster):
+    # The search: its state lives in Tune's searcher and in its stored Optuna study, both of which must resume.
     arguments = study_arguments(tmp_path, "resumable", "--address", ray_cluster.address, "--max-concurrent", "1")
-    script = str(PROJECT_ROOT / "studies" / "layer_sweep.py")
+    script = str(PROJECT_ROOT / "studies" / "search.py")
     experiment = tmp_path / "tune" / "resumable"
     with (tmp_path / "first.log").open("w") as log:
         driver = subprocess.Popen([sys.executable, script, *arguments], stdout=log, stderr=subprocess.STDOUT)
@@ -278,8 +318,18 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_
     rows = read_trials_csv(experiment)
     assert sorted(row["trial_id"] for row in rows) == sorted(experiment_statuses(experiment))
     assert len(rows) == 3 and {row["status"] for row in rows} == {"TERMINATED"}
-    # Finished trials need no checkpoint once the study is over.
-    assert not list(experiment.glob("trial_*/checkpoint_*"))
+    # Finished trials need no checkpoint once the study is over, but for the best model's.
+    best = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())
+    best_trial = MlflowClient(best["tracking_uri"]).get_run(best["parent_run_id"]).data.tags["clmlf.best_trial_id"]
+    assert [path.parent.name for path in experiment.glob("trial_*/checkpoint_*")] == [f"trial_{best_trial}"]
+    # The stored Optuna study went on with the searcher: one completed trial per Tune trial, none left running (a
+    # trial asked for by the killed driver that never ran is marked failed).
+    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(trial.value for trial in completed) == pytest.approx(
+        sorted(float(row["selected/dev/score"]) for row in rows)
+    )
+    assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
     for trial_id, results in finished_results.items():
         assert result_rows(experiment / f"trial_{trial_id}") == results
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -291,3 +341,31 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_
         assert sorted(steps) == list(range(SMOKE_EPOCHS))
     assert client.get_run(parent_run_id(experiment)).info.status == "FINISHED"
     assert TrainConfig.from_flat_dict(json.loads((experiment / storage.BEST_CONFIG_FILE).read_text()))
+
+
+@pytest.mark.slow
+def test_the_live_view_shows_dev_score_epoch_and_phase_first_and_names_the_best_trial(smoke_search):
+    # Every update of the live view in the search's printed output: a status line, the best trial so far, a table.
+    lines = smoke_search.log.splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith("trials: ")]
+    assert starts, smoke_search.log[-3000:]
+    for start in starts:
+        assert lines[start + 1].startswith("best so far: ")
+        assert lines[start + 2].split()[:6] == ["trial", "status", "dev", "score", "epoch", "phase"]
+    # At the end: every trial finished both phases, and the best one is the trial with the best dev score.
+    final = lines[starts[-1] : starts[-1] + 3 + search.SMOKE_SAMPLES]
+    rows = read_trials_csv(smoke_search.folder)
+    best_score = max(float(row["selected/dev/score"]) for row in rows)
+    best_ids = {row["trial_id"] for row in rows if float(row["selected/dev/score"]) == best_score}
+    assert re.match(r"best so far: trial (\S+) \(", final[1]).group(1) in best_ids
+    assert f"dev score {best_score:.4f}" in final[1]
+    shown = {}
+    for row in final[3:]:
+        trial_id, status, dev_score, epoch, phase = row.split()[:5]
+        assert (status, epoch, phase) == ("TERMINATED", f"{SMOKE_EPOCHS}/{SMOKE_EPOCHS}", "fine-tune")
+        shown[trial_id] = float(dev_score)
+    # The dev score column is each trial's last epoch's dev score.
+    last_scores = {row["trial_id"]: result_rows(smoke_search.folder / f"trial_{row['trial_id']}")[-1] for row in rows}
+    assert shown == pytest.approx({trial_id: last["dev/score"] for trial_id, last in last_scores.items()}, abs=1e-4)
+    # Test numbers are not shown while trials run.
+    assert "test" not in "\n".join(lines[start + 2] for start in starts)

@@ -4,36 +4,57 @@ A study is one experiment `clmlf/<study>/<dataset>` holding one parent run per s
 child run per Tune trial (written by `tracking.study_callback` from the driver); a standalone training run is one
 run in `clmlf/standalone/<dataset>`. `RunRecorder` logs one training run, a trial's child run or a standalone run,
 in the same way: the full flat config as params, per-epoch metrics (step = epoch), the selected epoch's artifacts.
+
+What the MLflow UI reads is set the way MLflow sets it: the experiment-kind tag, the description
+(`mlflow.note.content`), the primary metric, and the standard source tags of every run (`mlflow.source.name`,
+`.type`, `.git.commit`, `mlflow.user`). `runs_page` is the address that opens an experiment on its training runs.
 """
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, SourceType
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER,
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 from tracking.results.record import (
     OVERALL_METRICS,
     RANKING_METRIC,
+    RANKING_MODE,
     SELECTED_SPLITS,
     clean_error,
     latest_failure,
 )
-from tracking.uri import TrackingUnavailable
+from tracking.uri import TrackingUnavailable, hide_password
 
 # The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
 # MLflow refuses longer parameter values; the flat config never comes near it, study arguments might.
 PARAM_VALUE_CHARACTERS = 6000
+# The experiment tag that says what an experiment holds: the value is the UI's "Machine learning" kind (MLflow 3.x
+# UIs without the per-browser view switch open such an experiment on its runs; see runs_page for 3.17).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The best trial's model: its checkpoint at the epoch selected on dev, an artifact folder of its child run.
+MODEL_ARTIFACT = "model"
 
 
 @contextmanager
@@ -87,13 +108,54 @@ def git_commit() -> str:
     return completed.stdout.strip() if completed.returncode == 0 else "unknown"
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
+def source_tags(source_name: str, commit: str) -> dict[str, str]:
+    """MLflow's standard source tags: the code that ran (a path in the repository), how, at which commit (from
+    `git_commit`), by whom."""
+    tags = {
+        MLFLOW_SOURCE_NAME: source_name,
+        MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+        MLFLOW_USER: getpass.getuser(),
+    }
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def ensure_experiment(client: MlflowClient, name: str, description: str) -> str:
+    """The experiment (created, or restored if deleted), marked as one of training runs and described."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    else:
+        experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+            client.restore_experiment(experiment_id)
+    tags = {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        MLFLOW_RUN_NOTE: description,
+        MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME: RANKING_METRIC,
+        MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER: str(RANKING_MODE == "max"),
+    }
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
+
+
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """The UI's page of an experiment's training runs, under the server's address (for a local store, under that of
+    `mlflow ui`). MLflow 3.17's UI chooses between its GenAI and its model-training views per browser (`workflowType`,
+    remembered from the switch at the top of its sidebar), not per experiment: the link names the view."""
+    server = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def study_description(study: str, dataset: str, question: str) -> str:
+    """An experiment's description (Markdown): what its study asks, on which data set, and how its runs are laid out."""
+    return (
+        f"{question.strip()}\n\nData set: {dataset}. One parent run per execution of `studies/{study}.py` (its "
+        "report, best config and summaries are its artifacts), one child run per trial, named by the values it "
+        f"tries. Runs are ranked on `{RANKING_METRIC}`; test numbers never rank anything."
+    )
 
 
 def trainer_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -267,32 +329,85 @@ def start_study_run(
     dataset: str,
     arguments: dict[str, Any],
     search_space: dict[str, Any],
+    question: str,
 ) -> StudyRun:
     """Create the experiment (if new) and the study's parent run, with its arguments and search space."""
     client = MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(client, experiment_name(study, dataset))
+    description = study_description(study, dataset, question)
+    experiment_id = ensure_experiment(client, experiment_name(study, dataset), description)
     commit = git_commit()
     run = client.create_run(
         experiment_id,
         run_name=study_name,
         tags={
+            **source_tags(study_source(study), commit),
             "clmlf.role": "study",
             "clmlf.study": study,
             "clmlf.study_name": study_name,
             "clmlf.dataset": dataset,
-            "clmlf.git_commit": commit,
         },
     )
-    params = [Param(f"study.{key}", str(value)[:PARAM_VALUE_CHARACTERS]) for key, value in sorted(arguments.items())]
+    # A database or server URL in the arguments may hold a password; an MLflow server shows params to everyone.
+    params = [
+        Param(f"study.{key}", hide_password(str(value))[:PARAM_VALUE_CHARACTERS])
+        for key, value in sorted(arguments.items())
+    ]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
     client.log_dict(run.info.run_id, search_space, "search_space.json")
     return StudyRun(tracking_uri, experiment_id, run.info.run_id, study, study_name, dataset, commit)
 
 
+def study_source(study: str) -> str:
+    """The study page that ran, as `mlflow.source.name` (whether started as a script or a console command)."""
+    return f"studies/{study}.py"
+
+
+def tag_study_run(study_run: StudyRun, tags: dict[str, str]) -> None:
+    MlflowClient(study_run.tracking_uri).log_batch(
+        study_run.parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()]
+    )
+
+
 def reopen_study_run(study_run: StudyRun) -> None:
     """Mark a resumed study's parent run as running again."""
     MlflowClient(study_run.tracking_uri).update_run(study_run.parent_run_id, status="RUNNING")
+
+
+def trial_run_id(study_run: StudyRun, trial_id: str) -> str | None:
+    """The child run of a trial of the study, or None."""
+    runs = MlflowClient(study_run.tracking_uri).search_runs(
+        [study_run.experiment_id],
+        filter_string=(
+            f"tags.`clmlf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'"
+        ),
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_study_outputs(study_run: StudyRun, texts: dict[str, str], folders: dict[str, Path]) -> None:
+    """The study's outputs as artifacts of its parent run: files given by their text, and whole folders."""
+    client = MlflowClient(study_run.tracking_uri)
+    for artifact_file, text in texts.items():
+        client.log_text(study_run.parent_run_id, text, artifact_file)
+    for artifact_path, folder in folders.items():
+        client.log_artifacts(study_run.parent_run_id, str(folder), artifact_path)
+
+
+def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, readme: Callable[[str], str]) -> str | None:
+    """The best trial's checkpoint with a README that says how to load it (`readme` of the model's URI), as the
+    folder `model` of the trial's child run; the parent run's tag `clmlf.best_model` points at it. Returns the URI
+    (runs:/<run>/model)."""
+    run_id = trial_run_id(study_run, trial_id)
+    if run_id is None:
+        return None
+    client = MlflowClient(study_run.tracking_uri)
+    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    client.log_artifacts(run_id, str(checkpoint), MODEL_ARTIFACT)
+    client.log_text(run_id, readme(uri), f"{MODEL_ARTIFACT}/README.md")
+    client.set_tag(study_run.parent_run_id, "clmlf.best_model", uri)
+    return uri
 
 
 def finish_study_run(

@@ -12,7 +12,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from tracking.mlflow_logging import RunRecorder, StudyRun
+from tracking.mlflow_logging import RunRecorder, StudyRun, source_tags, study_source, trial_run_id
+from tracking.results.record import describe_values
 
 
 class MlflowStudyCallback(Callback):
@@ -85,22 +86,16 @@ class MlflowStudyCallback(Callback):
         if recorder is not None:
             return recorder
         study_run = self.study_run
-        existing = self.client.search_runs(
-            [study_run.experiment_id],
-            filter_string=(
-                f"tags.`clmlf.trial_id` = '{trial.trial_id}' "
-                f"and tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'"
-            ),
-            max_results=1,
-        )
-        if existing:
-            recorder = RunRecorder.reopen(self.client, existing[0].info.run_id, study_run.dataset)
+        existing = trial_run_id(study_run, trial.trial_id)
+        if existing is not None:
+            recorder = RunRecorder.reopen(self.client, existing, study_run.dataset)
         else:
             config = self.full_config(trial)
             run = self.client.create_run(
                 study_run.experiment_id,
-                run_name=trial.trial_id,
+                run_name=describe_values(trial.config) or trial.trial_id,
                 tags={
+                    **source_tags(study_source(study_run.study), study_run.git_commit),
                     "mlflow.parentRunId": study_run.parent_run_id,
                     "clmlf.role": "trial",
                     "clmlf.study": study_run.study,
@@ -109,7 +104,6 @@ class MlflowStudyCallback(Callback):
                     "clmlf.variant": str(config.get("model.variant", "")),
                     "clmlf.trial_id": trial.trial_id,
                     "clmlf.seed": str(config.get("seed", "")),
-                    "clmlf.git_commit": study_run.git_commit,
                     "clmlf.status": "RUNNING",
                     "clmlf.retries": str(self._retries.get(trial.trial_id, 0)),
                 },

@@ -22,7 +22,7 @@ def write_study_report(
 
     MLflow is read when a tracking URI, parent runs or experiments are given, or when no Tune folder is: the
     named parent runs' children and the named experiments' trial runs, or, when neither is named, every
-    `clmlf/...` experiment at the tracking URI (default `$CLMLF_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`).
+    `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`).
     """
     # Imported here so that the command line's --help needs neither MLflow, Ray nor matplotlib.
     from tracking.report.files import write_dataset_report
@@ -30,11 +30,11 @@ def write_study_report(
     from tracking.results.ranking import rank, without_duplicates
     from tracking.results.record import ResultsError
     from tracking.results.tune_folder import read_tune_trials
-    from tracking.uri import default_tracking_uri
+    from tracking.uri import resolve_tracking_uri
 
     trials = []
     if parent_run_ids or experiment_names or tracking_uri or not tune_dirs:
-        trials += read_mlflow_trials(tracking_uri or default_tracking_uri(), experiment_names, parent_run_ids)
+        trials += read_mlflow_trials(resolve_tracking_uri(tracking_uri), experiment_names, parent_run_ids)
     for tune_dir in tune_dirs or []:
         trials += read_tune_trials(tune_dir)
     trials, duplicates = without_duplicates(trials)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracking.uri import TRACKING_URI_VARIABLE
+from tracking.uri import TRACKING_URI_HELP
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tracking.report",
         description="Write per data set best_config.json, summary.csv/.md and report.html from finished studies.",
     )
-    parser.add_argument("--tracking-uri", help=f"MLflow tracking URI (default ${TRACKING_URI_VARIABLE} or ./mlflow.db)")
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     parser.add_argument(
         "--experiment", action="append", default=[], help="an MLflow experiment, e.g. clmlf/search/demo"
     )

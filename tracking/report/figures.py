@@ -1,5 +1,5 @@
 """The report's figures: accuracy and F1 against the layer counts (the paper's Figure 3), the dev score against tau
-and the loss weights, and Optuna's parameter importances for the dev score.
+and the loss weights, and Optuna's parameter importances for the dev score (from each search's stored Optuna study).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import Any
 import optuna
 from matplotlib.figure import Figure
 
-from tracking.report.markup import figure_image, html_table, note
+from tracking import optuna_study
+from tracking.optuna_study import StoredStudy
+from tracking.report.markup import escape, figure_image, html_table, note
 from tracking.results.ranking import Ranking, varying_keys
 from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of
 
@@ -114,7 +116,8 @@ def loss_effects_html(ranking: Ranking) -> str:
 
 
 def parameter_importances(trials: list[TrialRecord]) -> tuple[dict[str, float] | None, str]:
-    """fANOVA importances of the varying config keys for the dev score, or None and why they were skipped."""
+    """fANOVA importances of the varying config keys for the dev score, from a study rebuilt out of the trials' configs
+    (for a search without a stored Optuna study), or None and why they were skipped."""
     completed = [trial for trial in trials if trial.completed and trial.config]
     if len(completed) < 3:
         return None, f"{len(completed)} completed search trial(s); importances need at least 3."
@@ -153,23 +156,70 @@ def _distribution(values: list[Any]) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.CategoricalDistribution(sorted(set(values), key=repr))
 
 
+def stored_importances(stored: StoredStudy) -> tuple[dict[str, float] | None, str]:
+    """fANOVA importances of a search's stored Optuna study, computed by Optuna on the loaded study."""
+    study = optuna_study.load(stored)
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(completed) < 3:
+        return None, f"{len(completed)} completed trial(s) in the stored study {stored.shown}; importances need 3."
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if not importances or any(math.isnan(value) for value in importances.values()):
+        return None, f"The objective does not vary across the completed trials of {stored.shown}."
+    seeded = sum(1 for trial in completed if optuna_study.WARM_START_ATTRIBUTE in trial.user_attrs)
+    warm = f", {seeded} of them seeded by a warm start" if seeded else ""
+    return importances, (
+        f"fANOVA (optuna.importance) over the {len(completed)} completed trials of the stored Optuna study "
+        f"{stored.shown}{warm}; target {study.user_attrs.get(optuna_study.OBJECTIVE_ATTRIBUTE, 'its objective')}."
+    )
+
+
+def search_importances(name: str, storage_url: str | None, trials: list[TrialRecord]) -> tuple[dict | None, str]:
+    """A search's importances from its stored Optuna study; from its trials' configs only where it has none (a
+    search made before studies were stored) or it cannot be opened here."""
+    if storage_url is None:
+        importances, explanation = parameter_importances(trials)
+        return importances, f"{explanation} No stored Optuna study: rebuilt from the trials' configs."
+    try:
+        return stored_importances(StoredStudy(storage_url, name))
+    except Exception as error:  # the storage's database driver decides what it raises
+        importances, explanation = parameter_importances(trials)
+        return importances, (
+            f"{explanation} The stored Optuna study {name!r} in {storage_url} could not be opened here "
+            f"({type(error).__name__}: {error}); rebuilt from the trials' configs."
+        )
+
+
 def importances_html(ranking: Ranking) -> str:
     parts = ["<h2>Parameter importances (Optuna)</h2>"]
-    search_trials = [trial for trial in ranking.trials if trial.study_kind == "search"]
-    if not search_trials:
+    searches: dict[tuple[str, str | None], list[TrialRecord]] = {}
+    for trial in ranking.trials:
+        if trial.study_kind == "search":
+            searches.setdefault((trial.study_name, trial.optuna_storage), []).append(trial)
+    if not searches:
         parts.append(note("No search study among the inputs for this data set."))
         return "\n".join(parts)
-    importances, explanation = parameter_importances(search_trials)
-    if importances is None:
-        parts.append(note(f"Skipped: {explanation}"))
-        return "\n".join(parts)
-    names = list(importances)
-    figure = Figure(figsize=(7, 0.45 * len(names) + 1.2))
-    axis = figure.subplots()
-    axis.barh(names[::-1], [importances[name] for name in names[::-1]], color="#4c72b0")
-    axis.set_xlabel("importance (normalised)")
-    axis.grid(alpha=0.3, axis="x")
-    parts.append(figure_image(figure, "parameter importances"))
-    parts.append(html_table(["parameter", "importance"], [[n, f"{importances[n]:.4f}"] for n in names], numeric=[1]))
-    parts.append(note(explanation))
+    for (name, storage_url), trials in sorted(searches.items(), key=lambda item: item[0][0]):
+        if len(searches) > 1:
+            parts.append(f"<h3>{escape(name)}</h3>")
+        importances, explanation = search_importances(name, storage_url, trials)
+        if importances is None:
+            parts.append(note(f"Skipped: {explanation}"))
+            continue
+        names = list(importances)
+        figure = Figure(figsize=(7, 0.45 * len(names) + 1.2))
+        axis = figure.subplots()
+        axis.barh(names[::-1], [importances[name] for name in names[::-1]], color="#4c72b0")
+        axis.set_xlabel("importance (normalised)")
+        axis.grid(alpha=0.3, axis="x")
+        parts.append(figure_image(figure, "parameter importances"))
+        rows = [[key, f"{importances[key]:.4f}"] for key in names]
+        parts.append(html_table(["parameter", "importance"], rows, numeric=[1]))
+        parts.append(note(explanation))
     return "\n".join(parts)

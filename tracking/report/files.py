@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tracking.report.page import report_html
-from tracking.report.tables import RANKING_NOTE, failed_rows, retried_rows, studies_of, summary_rows
-from tracking.results.ranking import Ranking, summary_frame
+from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows
+from tracking.results.ranking import RANKING_RULE, Ranking, summary_frame
 from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, TEST_METRICS
 
 BEST_CONFIG = "best_config.json"
@@ -68,7 +68,7 @@ def _json_number(value: float) -> float | None:
 
 
 def summary_markdown(ranking: Ranking) -> str:
-    lines = [f"# Study summary: {ranking.dataset}", "", RANKING_NOTE, ""]
+    lines = [f"# Study summary: {ranking.dataset}", "", RANKING_RULE, ""]
     lines += [
         f"{len(ranking.completed)} completed trial(s) in {len(ranking.configurations)} configuration(s); "
         f"{len(ranking.failed)} failed or unfinished trial(s), left out of every mean.",

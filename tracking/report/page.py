@@ -5,8 +5,8 @@ from __future__ import annotations
 from tracking.report.figures import importances_html, layer_curves_html, loss_effects_html
 from tracking.report.markup import PAGE_STYLE, escape, html_table, note, section
 from tracking.report.paper import ablation_html, confirmation_html
-from tracking.report.tables import RANKING_NOTE, failed_rows, retried_rows, studies_of, summary_rows, text
-from tracking.results.ranking import Ranking
+from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows, text
+from tracking.results.ranking import RANKING_RULE, Ranking
 from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, f1_metric_of
 
 
@@ -39,7 +39,7 @@ def overview_html(ranking: Ranking) -> str:
         [
             f"<p>{len(ranking.trials)} trial(s): {len(ranking.completed)} completed in "
             f"{len(ranking.configurations)} configuration(s), {len(ranking.failed)} failed or unfinished.</p>",
-            f"<p>{escape(RANKING_NOTE).replace('`', '')}</p>",
+            f"<p>{escape(RANKING_RULE).replace('`', '')}</p>",
             html_table(["study kind", "study name", "parent run", "read from"], rows),
         ]
     )

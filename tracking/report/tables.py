@@ -7,13 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tracking.results.ranking import Ranking, metric_column
-from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, TrialRecord, error_summary
-
-RANKING_NOTE = (
-    f"Configurations are ranked by the mean over seeds of `{RANKING_METRIC}` (the dev split at the epoch selected "
-    "on dev); ± is the sample standard deviation over seeds. Test numbers are read at the selected epoch of each "
-    "run and never rank anything."
-)
+from tracking.results.record import TRIAL_METRICS, TrialRecord, error_summary
 
 
 def text(value: Any) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tracking.optuna_study import STORAGE_TAG
 from tracking.results.record import ResultsError, TrialRecord, make_record
 
 # MLflow's run status in Tune's words, for runs without the clmlf.status tag.
@@ -112,4 +113,5 @@ def _trial_from_run(run: Any, parent: Any, experiment_name: str, tracking_uri: s
         parent_run_id=tags.get("mlflow.parentRunId"),
         run_id=run.info.run_id,
         source=f"MLflow {tracking_uri}, experiment {experiment_name}",
+        optuna_storage=parent_tags.get(STORAGE_TAG),
     )

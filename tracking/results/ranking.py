@@ -10,11 +10,12 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, RANKING_MODE, TRIAL_METRICS, TrialRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def configuration_key(config: dict[str, Any]) -> str:
@@ -23,6 +24,15 @@ def configuration_key(config: dict[str, Any]) -> str:
 
 def configuration_id(config: dict[str, Any]) -> str:
     return hashlib.sha1(configuration_key(config).encode()).hexdigest()[:8]
+
+
+# The ranking rule in words, for the printed summary, the report and the docs.
+RANKING_RULE = (
+    f"Configurations are ranked by the mean over seeds of `{RANKING_METRIC}` (the dev split at the epoch selected on "
+    "dev), compared at equal n: those run on the most seeds come first, then those on fewer seeds (a failed seed, "
+    "a shorter study), each group by its mean. ± is the sample standard deviation over seeds. Test numbers are read "
+    "at the selected epoch of each run and never rank anything."
+)
 
 
 def _better_first(value: float) -> float:
@@ -71,12 +81,13 @@ class Configuration:
 
 
 def rank_configurations(trials: Iterable[TrialRecord]) -> list[Configuration]:
-    """The completed trials grouped into configurations, best first.
-
-    The ranking rule of every study, of confirm and of the report: the mean of the dev score over seeds; ties go to
-    the configuration with more seeds, then to the config itself, so that every reader of a study ranks it the same
-    way. The test split is deliberately absent: test numbers are read at the chosen configuration, they never
-    choose it.
+    """The completed trials grouped into configurations, best first, by the one ranking rule of every study, of
+    confirm and of the report (RANKING_RULE): configurations are compared at equal n. Those run on the most seeds
+    come first, ranked by their mean dev score over seeds; then those on fewer seeds (a seed that failed, a study
+    merged with a shorter one), ranked the same way among themselves. A mean over fewer seeds is noisier, and a
+    plain mean would let one lucky seed outrank a configuration measured on several. Ties go to the config itself,
+    so that every reader of a study ranks it the same way. The test split is deliberately absent: test numbers are
+    read at the chosen configuration, they never choose it.
     """
     groups: dict[str, list[TrialRecord]] = {}
     for trial in trials:
@@ -90,7 +101,7 @@ def rank_configurations(trials: Iterable[TrialRecord]) -> list[Configuration]:
     ]
     return sorted(
         configurations,
-        key=lambda c: (_better_first(c.mean(RANKING_METRIC)), -c.n, configuration_key(c.config)),
+        key=lambda c: (-c.n, _better_first(c.mean(RANKING_METRIC)), configuration_key(c.config)),
     )
 
 
@@ -156,6 +167,8 @@ def summary_frame(ranking: Ranking, keys: Sequence[str] | None = None) -> pd.Dat
     """One row per configuration, best first: rank, config id, the config keys that tell the rows apart (default:
     the varying ones), the number of seeds n, mean and std over seeds of every dev and test metric, the seeds, the
     studies and the trials (MLflow run ids where read from MLflow, else Tune's trial ids)."""
+    import pandas as pd
+
     keys = list(ranking.varying if keys is None else keys)
     columns = ["rank", "config_id", *keys, "n"]
     columns += [f"{metric_column(metric)}_{statistic}" for metric in TRIAL_METRICS for statistic in ("mean", "std")]

@@ -55,6 +55,8 @@ class TrialRecord:
     # The trial's MLflow child run, when it was read from MLflow.
     run_id: str | None = None
     source: str = ""
+    # A search's stored Optuna study (its storage URL; the Optuna study has the study's name), where it has one.
+    optuna_storage: str | None = None
 
     @property
     def completed(self) -> bool:
@@ -152,6 +154,30 @@ def clean_error(error_text: str) -> str:
     """Without the colour codes Ray puts in tracebacks for terminals, and at most ERROR_TEXT_LIMIT characters."""
     text = _TERMINAL_COLOURS.sub("", error_text).strip() or "failed without an error text"
     return text[-ERROR_TEXT_LIMIT:]
+
+
+# Short names of the config keys that studies vary, for run names and the live view; other keys go by their last
+# dotted part.
+SHORT_KEY_NAMES = {
+    "model.fusion_layers": "fusion",
+    "model.image_layers": "image",
+    "temperature": "tau",
+    "lbcl_weight": "lbcl",
+    "dbcl_weight": "dbcl",
+    "batch_size": "batch",
+    "learning_rate": "lr",
+    "text_learning_rate": "text_lr",
+    "image_learning_rate": "image_lr",
+}
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    """What a trial tries, e.g. `fusion=3 image=2 seed=1` or `tau=0.0734 lbcl=1.2 batch=32` (floats to 3 digits)."""
+    parts = []
+    for key, value in values.items():
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        parts.append(f"{SHORT_KEY_NAMES.get(key, key.rsplit('.', 1)[-1])}={shown}")
+    return " ".join(parts)
 
 
 def f1_metric_of(dataset: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from ray.tune import ExperimentAnalysis, Tuner
 
 from tracking import storage
+from tracking.optuna_study import recorded_location
 from tracking.results.record import STUDY_KINDS, ResultsError, TrialRecord, make_record
 
 
@@ -30,6 +31,7 @@ def read_study_folder(location: str) -> list[TrialRecord]:
     try:
         base = storage.read_json_object(storage.join(location, storage.BASE_CONFIG_FILE)) or {}
         parent = storage.read_json_object(storage.join(location, storage.PARENT_RUN_FILE)) or {}
+        stored = recorded_location(location)
         analysis = ExperimentAnalysis(location)
     except ValueError as error:
         raise ResultsError(f"{location}: cannot read the study's Tune results: {error}") from error
@@ -53,6 +55,7 @@ def read_study_folder(location: str) -> list[TrialRecord]:
             study_name=name,
             parent_run_id=parent.get("parent_run_id"),
             source=f"Tune folder {location}",
+            optuna_storage=stored.storage if stored else None,
         )
         # Trial ids count up within a study: in id order, trials are in the order Tune created them.
         for trial in sorted(analysis.trials, key=lambda trial: trial.trial_id)
