@@ -245,6 +245,13 @@ def split_by_class(posts: list[_Post], seed: int) -> dict[str, list[_Post]]:
     return {split: sorted(members, key=lambda p: _numeric_order(p.id)) for split, members in splits.items()}
 
 
+def _progress(items: Sequence, description: str, unit: str):
+    """A progress bar over `items` on a terminal, nothing otherwise (logs, CI)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit=unit, disable=None, leave=False)
+
+
 def _place_image(source: Path, destination: Path, link: bool) -> None:
     if not link:
         shutil.copy2(source, destination)
@@ -343,7 +350,7 @@ def convert_mvsa(
         reason: [] for reason in (NO_MAJORITY, CONFLICTING_LABELS, MISSING_TEXT_FILE, MISSING_IMAGE, EMPTY_TEXT)
     }
     posts: list[_Post] = []
-    for post_id in sorted(labels, key=_numeric_order):
+    for post_id in _progress(sorted(labels, key=_numeric_order), f"reading {name}", "post"):
         label = _merged_mvsa_label(labels[post_id])
         text_path, image_path = data_dir / f"{post_id}.txt", data_dir / f"{post_id}.jpg"
         if isinstance(label, str):
@@ -365,7 +372,7 @@ def convert_mvsa(
         _write_json(out / MVSA_SPLIT_DIR / f"{split}.json", _split_records(members))
     image_dir = out / "dataset_image"
     image_dir.mkdir(parents=True, exist_ok=True)
-    for post in posts:
+    for post in _progress(posts, "placing images", "image"):
         _place_image(data_dir / f"{post.id}.jpg", image_dir / f"{post.id}.jpg", link)
 
     label_counts = Counter(post.label for post in posts)
@@ -463,7 +470,7 @@ def convert_hfm(
     image_dir.mkdir(parents=True, exist_ok=True)
     missing_images: list[str] = []
     for posts in kept.values():
-        for post in posts:
+        for post in _progress(posts, "placing images", "image"):
             source = source_dir / f"{post.id}.jpg"
             if source.is_file():
                 _place_image(source, image_dir / f"{post.id}.jpg", link)

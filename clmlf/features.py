@@ -4,7 +4,9 @@ Two kinds of entry, each in its own folder under `<cache root>/features/`:
 - image features: the frozen backbone's feature map (C, p, p) of every dev/test image (evaluation transform) and,
   for every training image, view 0 (evaluation transform) plus a bank of K augmented views (RandAugment plus
   flip, as in training). Each epoch a trial draws its training views from the bank, so K trades disk and build
-  time (K + 1 backbone passes per training image) against how many distinct augmentations training sees.
+  time (K + 1 backbone passes per training image) against how many distinct augmentations training sees. Each
+  distinct image of a split is encoded once, with a row index per post: in the aspect-based sets a post with
+  several aspects is several examples that share one image.
 - text states: the frozen text encoder's last hidden states of every text (and, for training, back-translation),
   stored ragged (all tokens of all texts in one array plus offsets). Used only while the text encoder is frozen.
 
@@ -32,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from clmlf.data import Post
 from clmlf.loading import EncodedTexts, load_rgb, pad
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
 BUILD_BATCH = 64
 
@@ -59,9 +62,11 @@ class RaggedStates:
 
 @dataclass(frozen=True)
 class ImageFeatures:
-    """dev/test: (N, C, p, p); train: (N, 1 + K, C, p, p), view 0 being the evaluation transform."""
+    """Per distinct image, dev/test: (M, C, p, p); train: (M, 1 + K, C, p, p), view 0 being the evaluation
+    transform. `rows[split]` (N,) gives each post's row."""
 
     splits: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
     augmented_views: int
 
 
@@ -96,6 +101,18 @@ def dataset_digest(files: Sequence[Path], posts: dict[str, Sequence[Post]]) -> s
                 status = post.image_path.stat()
                 digest.update(f"{status.st_size}/{status.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+def distinct_images(posts: Sequence[Post]) -> tuple[list[Post], np.ndarray]:
+    """The first post of each distinct image (a blanked image is one grey image), and each post's index among them."""
+    first: dict[Path | None, int] = {}
+    representatives: list[Post] = []
+    rows = np.empty(len(posts), dtype=np.int64)
+    for index, post in enumerate(posts):
+        rows[index] = first.setdefault(post.image_path, len(representatives))
+        if rows[index] == len(representatives):
+            representatives.append(post)
+    return representatives, rows
 
 
 def _stable_seed(*parts) -> int:
@@ -193,11 +210,15 @@ def image_features(
 
     def build(staging: Path) -> None:
         backbone.eval()
-        for split, split_posts in posts.items():
+        distinct = {split: distinct_images(split_posts) for split, split_posts in posts.items()}
+        bar = _progress(sum(len(images) for images, _ in distinct.values()), "image features", "image")
+        for split in posts:
             views = 1 + augmented_views if split == "train" else 1
+            images, rows = distinct[split]
+            np.save(staging / f"{split}_rows.npy", rows)
             array = None
-            for start in range(0, len(split_posts), BUILD_BATCH):
-                chunk = [load_rgb(post) for post in split_posts[start : start + BUILD_BATCH]]
+            for start in range(0, len(images), BUILD_BATCH):
+                chunk = [load_rgb(post) for post in images[start : start + BUILD_BATCH]]
                 for view in range(views):
                     if view == 0:
                         batch = [evaluation(image) for image in chunk]
@@ -207,18 +228,26 @@ def image_features(
                         batch = [augmentation(image) for image in chunk]
                     features = _backbone_batches(backbone, batch, device, autocast)  # (B, C, p, p)
                     if array is None:
-                        shape = (len(split_posts), views, *features.shape[1:])
+                        shape = (len(images), views, *features.shape[1:])
                         array = _write_array(staging / f"{split}.npy", shape)
                     array[start : start + len(chunk), view] = features
+                bar.update(len(chunk))
             if array is not None:
                 array.flush()
+        bar.close()
 
     cached_entry(folder, build, log)
     splits = {}
     for split in posts:
         array = _open_array(folder / f"{split}.npy")
         splits[split] = array if split == "train" else array[:, 0]
-    return ImageFeatures(splits=splits, augmented_views=augmented_views)
+    rows = {split: np.load(folder / f"{split}_rows.npy") for split in posts}
+    return ImageFeatures(splits=splits, rows=rows, augmented_views=augmented_views)
+
+
+def _progress(total: int, description: str, unit: str) -> tqdm:
+    """A progress bar on a terminal, nothing otherwise (trials' logs, CI)."""
+    return tqdm(total=total, desc=description, unit=unit, disable=None, leave=False)
 
 
 def _ragged_states(
@@ -229,6 +258,7 @@ def _ragged_states(
     device: torch.device,
     autocast,
     path: Path,
+    bar: tqdm,
 ) -> None:
     lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -242,6 +272,7 @@ def _ragged_states(
             states = _half_precision(encoder(ids.to(device), mask.to(device)).float().cpu().numpy(), "text states")
         for row, index in enumerate(indices):
             tokens[offsets[index] : offsets[index + 1]] = states[row, : lengths[index]]
+        bar.update(len(indices))
     tokens.flush()
     np.save(path.with_suffix(".offsets.npy"), offsets)
 
@@ -272,11 +303,14 @@ def text_states(
 
     def build(staging: Path) -> None:
         text_encoder.eval()
+        total = sum(len(encoded.texts) + len(encoded.translations or []) for encoded in texts.values())
+        bar = _progress(total, "text states", "text")
         for split, encoded in texts.items():
             arguments = (encoded.pad_token_id, width, device, autocast)
-            _ragged_states(encode, encoded.texts, *arguments, staging / f"{split}")
+            _ragged_states(encode, encoded.texts, *arguments, staging / f"{split}", bar)
             if encoded.translations:
-                _ragged_states(encode, encoded.translations, *arguments, staging / f"{split}_translation")
+                _ragged_states(encode, encoded.translations, *arguments, staging / f"{split}_translation", bar)
+        bar.close()
 
     cached_entry(folder, build, log)
     translations = None

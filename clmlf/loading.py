@@ -29,12 +29,15 @@ class EncodedTexts:
 
 
 def encode_texts(tokenizer, posts: Sequence[Post], max_length: int, with_translations: bool) -> EncodedTexts:
-    texts = tokenizer([post.text for post in posts], truncation=True, max_length=max_length)["input_ids"]
-    translations = (
-        tokenizer([post.translation for post in posts], truncation=True, max_length=max_length)["input_ids"]
-        if with_translations
-        else []
-    )
+    """Posts with an aspect become the pair "[CLS] text [SEP] aspect [SEP]" (the paper's Appendix B), the
+    translation paired with the same aspect; a pair too long loses word pieces from its longer part first."""
+    aspects = [post.aspect for post in posts] if posts and posts[0].aspect is not None else None
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, aspects, truncation=True, max_length=max_length)["input_ids"]
+
+    texts = encode([post.text for post in posts])
+    translations = encode([post.translation for post in posts]) if with_translations else []
     return EncodedTexts(texts=texts, translations=translations, pad_token_id=tokenizer.pad_token_id)
 
 
@@ -50,11 +53,13 @@ def load_rgb(post: Post) -> Image.Image:
 class CachedInputs:
     """A split's precomputed frozen-encoder outputs (see `clmlf.features`); any part may be absent.
 
-    image_features: (N, C, p, p) for dev/test, (N, 1 + K, C, p, p) for train (view 0 = evaluation transform).
+    image_features: (M, C, p, p) for dev/test, (M, 1 + K, C, p, p) for train (view 0 = evaluation transform), one
+    row per distinct image; image_rows: (N,) each post's row there (posts of one image share it).
     text_states / translation_states: ragged (S_i, D) per post, indexable by post.
     """
 
     image_features: np.ndarray | None = None
+    image_rows: np.ndarray | None = None
     text_states: object | None = None
     translation_states: object | None = None
     augment_original_images: bool = False
@@ -172,8 +177,11 @@ class PostDataset(Dataset):
 
     def _draw_cached_image_features(self, index: int, original: ItemView, augmented: ItemView | None) -> None:
         features = self.split.cached.image_features
+        # Posts that share an image share its row of features.
+        image_rows = self.split.cached.image_rows
+        row = index if image_rows is None else int(image_rows[index])
         if features.ndim == 4:
-            original.image_features = _float_tensor(features[index])
+            original.image_features = _float_tensor(features[row])
             return
         # Draw this epoch's views from the bank: the original's (an augmented view when the training copy is
         # augmented too, else the evaluation view) and, for DBCL, a different augmented one.
@@ -181,10 +189,10 @@ class PostDataset(Dataset):
         generator = np.random.default_rng([self.split.cached.seed, self.phase.epoch, index])
         drawn = generator.permutation(np.arange(1, augmented_views + 1))
         original_view = int(drawn[0]) if self.split.cached.augment_original_images else 0
-        original.image_features = _float_tensor(features[index, original_view])
+        original.image_features = _float_tensor(features[row, original_view])
         if augmented is not None:
             augmented_view = int(drawn[1]) if len(drawn) > 1 and original_view == drawn[0] else int(drawn[0])
-            augmented.image_features = _float_tensor(features[index, augmented_view])
+            augmented.image_features = _float_tensor(features[row, augmented_view])
 
 
 def _float_tensor(array: np.ndarray) -> torch.Tensor:

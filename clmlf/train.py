@@ -54,8 +54,10 @@ from clmlf.losses import (
     label_based_contrastive_loss,
     total_loss,
 )
+from clmlf.memory import release_memory
 from clmlf.metrics import classification_metrics, confusion_matrix, with_prefix
 from clmlf.model import CLMLF, ModelInputs
+from clmlf.train_command import parse_arguments
 
 Report = Callable[[dict[str, Any], int, Path | None], None]
 CHECKPOINT_FILE = "state.pt"
@@ -120,6 +122,21 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def learning_rate_factor(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    """The factor on each group's learning rate at a step: linear warmup, then constant or linear decay to 0."""
+    total = max(1, total_steps)
+    warmup = int(warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "linear":
+            return max(0.0, (total - step) / max(1, total - warmup))
+        return 1.0
+
+    return factor
+
+
 class Run:
     """Everything one training run holds: data, loaders, model, optimiser, and how a batch becomes losses."""
 
@@ -133,6 +150,9 @@ class Run:
             need_images=config.model.uses_images,
             need_translations=config.uses_dbcl,
             image_policy=config.image_policy,
+            augmented_text=config.augmented_text,
+            image_folder=config.image_folder,
+            seed=config.seed,
         )
         log(self.dataset.summary())
         self.metric = selection_metric(config, self.dataset)
@@ -147,7 +167,12 @@ class Run:
         self.steps_per_epoch = len(self.loader("train", 0))
         if config.max_train_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._learning_rate_factor)
+        # A closure over numbers, not a bound method: the scheduler must not refer back to the run, or the whole run
+        # (model, optimiser state, data) becomes a reference cycle that only a full garbage collection frees.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            learning_rate_factor(self.steps_per_epoch * config.epochs, config.warmup_ratio, config.lr_schedule),
+        )
 
     def _split_inputs(self) -> dict[str, SplitInputs]:
         config, model_config = self.config, self.config.model
@@ -241,6 +266,7 @@ class Run:
             )
             for split in splits:
                 cached[split].image_features = bank.splits[split]
+                cached[split].image_rows = bank.rows[split]
         if model.text_encoder is not None and config.frozen_text_epochs > 0:
             states = text_states(
                 model.text_encoder,
@@ -267,15 +293,6 @@ class Run:
         if image and not config.model.freeze_image_encoder:
             groups.append({"name": "image_encoder", "params": image, "lr": config.image_learning_rate})
         return groups
-
-    def _learning_rate_factor(self, step: int) -> float:
-        total = max(1, self.steps_per_epoch * self.config.epochs)
-        warmup = int(self.config.warmup_ratio * total)
-        if step < warmup:
-            return (step + 1) / warmup
-        if self.config.lr_schedule == "linear":
-            return max(0.0, (total - step) / max(1, total - warmup))
-        return 1.0
 
     def text_frozen(self, epoch: int) -> bool:
         return epoch < self.config.frozen_text_epochs
@@ -547,28 +564,11 @@ def train(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    # A worker process runs many trials in turn: what this run allocated goes back before the next one starts.
+    device = run.device
+    del run
+    release_memory(device)
     return result
-
-
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clmlf.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
-    parser.add_argument("--data-root", help="folder holding the data set's folder (not needed for demo)")
-    parser.add_argument("--preset", default=None, help="paper, original, demo or tiny (default: demo)")
-    parser.add_argument("--variant", help="full, mlf, mlf-lbcl, mlf-dbcl, text-only or image-only")
-    parser.add_argument("--config", help="a flat config JSON (best_config.json, result.json) to start from")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
-    parser.add_argument("--output", help="folder for result.json and the checkpoint (required to train)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if present")
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the resolved config and where it differs from the paper preset on the same data set; no training",
-    )
-    arguments = parser.parse_args(argv)
-    if not arguments.print_config and not arguments.output:
-        parser.error("--output is required to train")
-    return arguments
 
 
 def describe_config(config: TrainConfig) -> str:
@@ -592,6 +592,8 @@ def config_from_arguments(arguments: argparse.Namespace) -> TrainConfig:
         overrides["dataset"] = arguments.dataset
     if arguments.data_root:
         overrides["data_root"] = arguments.data_root
+    if arguments.image_folder:
+        overrides["image_folder"] = arguments.image_folder
     if arguments.variant:
         overrides["model.variant"] = arguments.variant
     overrides.update(parse_overrides(arguments.set))

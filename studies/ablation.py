@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from clmlf.config import VARIANTS
-from studies import common
+from studies import cli
 
 KIND = "ablation"
 # Table 3's rows, in its order.
@@ -27,33 +27,48 @@ SMOKE_ROWS = ["text-only", "image-only", "full"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.study_parser(KIND, __doc__)
+    parser = cli.study_parser(KIND, __doc__)
     parser.add_argument("--variants", help=f"comma-separated rows (default all: {','.join(TABLE_ROWS)})")
+    return cli.main_guard(lambda: run(cli.parse_arguments(parser, argv, KIND)))
 
-    def run() -> int:
-        arguments = common.parse_arguments(parser, argv, KIND)
-        common.refuse_options(arguments, {"--num-samples": "each row runs once per seed; use --seeds"})
-        base = common.base_config(arguments)
-        seeds = common.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
-        rows = SMOKE_ROWS if arguments.smoke_test else TABLE_ROWS
-        if arguments.variants is not None:
-            rows = [variant.strip() for variant in arguments.variants.split(",") if variant.strip()]
-            unknown = [variant for variant in rows if variant not in VARIANTS]
-            if unknown:
-                raise common.StudyInputError(f"--variants: {unknown} are not variants; choose from {VARIANTS}")
-        points = [{"model.variant": variant, "seed": seed} for variant in rows for seed in seeds]
-        common.check_points(base, points, "--variants")
-        study = common.Study(
-            kind=KIND,
-            arguments=arguments,
-            base=base,
-            points=points,
-            group_by=["model.variant"],
-            described_space={"points": points, "base": base},
-        )
-        return common.run_study(study)
 
-    return common.main_guard(run)
+def run(arguments) -> int:
+    # Ray and the trainer are imported once the arguments are parsed.
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from studies.runner import TRIAL_PROCESSES, Study, points_space
+
+    cli.refuse_options(arguments, {"--num-samples": "each row runs once per seed; use --seeds"})
+    base = cli.base_config(arguments)
+    seeds = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
+    rows = SMOKE_ROWS if arguments.smoke_test else TABLE_ROWS
+    if arguments.variants is not None:
+        rows = [variant.strip() for variant in arguments.variants.split(",") if variant.strip()]
+        unknown = [variant for variant in rows if variant not in VARIANTS]
+        if unknown:
+            raise cli.StudyInputError(f"--variants: {unknown} are not variants; choose from {VARIANTS}")
+    points = [{"model.variant": variant, "seed": seed} for variant in rows for seed in seeds]
+    cli.check_points(base, points, "--variants")
+
+    with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
+        if arguments.resume:
+            tuner = study.restore()
+        else:
+            tuner = tune.Tuner(
+                study.trainable,
+                param_space=points_space(points),
+                tune_config=tune.TuneConfig(
+                    # One trial per (variant, seed) point.
+                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                    num_samples=len(points),
+                    max_concurrent_trials=arguments.max_concurrent,
+                    **TRIAL_PROCESSES,
+                ),
+                run_config=study.run_config(),
+            )
+        tuner.fit()
+        return study.conclude(table_keys=["model.variant"])
 
 
 if __name__ == "__main__":

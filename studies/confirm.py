@@ -2,7 +2,8 @@
 
 Question: a study ranks configurations on dev over a few seeds, so its winner is partly luck. This re-runs the
 top --top-k configurations of a finished study (ranked by their mean selected/dev/score over the seeds they ran
-on) on --seeds N fresh seeds that the study never used, and reports dev and test mean and spread for each.
+on, compared at equal n) on --seeds N fresh seeds that the study never used, and reports dev and test mean and
+spread for each.
 Test numbers for a report come from here, never from the study that chose the configurations.
 
 Data: the study's (its configs name the data set); --data-root points at the data on this machine, --set
@@ -16,76 +17,144 @@ Run:
 
 from __future__ import annotations
 
-import json
-import statistics
+import math
 import sys
 from typing import Any
 
-from studies import common
-from tracking.mlflow_logging import child_runs, typed_flat_config
-from tracking.uri import default_tracking_uri
+from studies import cli
+from tracking import storage
+from tracking.results.ranking import Configuration, rank_configurations, short, varying_keys
+from tracking.results.record import RANKING_METRIC, TEST_METRICS, ResultsError, TrialRecord
 
 KIND = "confirm"
 SUMMARY_FILE = "confirm_summary.json"
 PLAN_FILE = "confirm_plan.json"
-REPORTED_METRICS = ("selected/dev/score", "selected/test/acc", "selected/test/f1_weighted", "selected/test/f1_macro")
+REPORTED_METRICS = (RANKING_METRIC, *TEST_METRICS)
 
 
-def study_trials(arguments) -> list[common.TrialRecord]:
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.study_parser(KIND, __doc__)
+    parser.set_defaults(dataset=None, preset=None)
+    parser.add_argument("--study", help="the finished study's Tune folder (<storage>/<name>)")
+    parser.add_argument("--parent-run", help="the finished study's MLflow parent run id (at --tracking-uri)")
+    parser.add_argument("--top-k", type=int, default=3, help="how many of the best configurations (default 3)")
+    return cli.main_guard(lambda: run(parser.parse_args(argv)))
+
+
+def run(arguments) -> int:
+    # Ray and the trainer are imported once the arguments are parsed.
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from studies.runner import TRIAL_PROCESSES, Study, points_space
+
+    cli.refuse_options(
+        arguments,
+        {
+            "--num-samples": "each configuration runs once per fresh seed; use --seeds",
+            "--dataset": "the data set is the study's",
+            "--preset": "the configurations are the study's; change single settings with --set",
+        },
+    )
+    if arguments.resume:
+        arguments = cli.resolve_study_arguments(arguments, KIND)
+        plan = storage.read_json_object(storage.join(arguments.storage_path, arguments.name, PLAN_FILE))
+        if plan is None:
+            raise cli.StudyInputError(f"--resume: {arguments.name} has no {PLAN_FILE}; not a confirm study")
+    else:
+        plan = confirmation_plan(arguments)
+        arguments.dataset = plan["base"]["dataset"]
+        arguments = cli.resolve_study_arguments(arguments, KIND)
+    points = plan["points"]
+
+    with Study(KIND, arguments, plan["base"], described_space=plan, question=__doc__) as study:
+        if arguments.resume:
+            tuner = study.restore()
+        else:
+            storage.write_json(storage.join(study.path, PLAN_FILE), plan)
+            tuner = tune.Tuner(
+                study.trainable,
+                param_space=points_space(points),
+                tune_config=tune.TuneConfig(
+                    # One trial per (configuration, fresh seed) point.
+                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                    num_samples=len(points),
+                    max_concurrent_trials=arguments.max_concurrent,
+                    **TRIAL_PROCESSES,
+                ),
+                run_config=study.run_config(),
+            )
+        tuner.fit()
+        # Configurations differ in `varying`; a single one is labelled by a key that all trials share.
+        status = study.conclude(table_keys=plan["varying"] or ["dataset"])
+        if status in (0, 1):
+            write_summary(study.path, study.records, plan)
+        return status
+
+
+def confirmation_plan(arguments) -> dict[str, Any]:
+    """The top-k configurations, the fresh seeds and the points (one per configuration and seed)."""
+    if arguments.top_k < 1:
+        raise cli.StudyInputError(f"--top-k {arguments.top_k}: must be >= 1")
+    records = study_trials(arguments)
+    top = rank_configurations(records)[: arguments.top_k]
+    if not top:
+        raise cli.StudyInputError("--study/--parent-run: the study has no successful trial to confirm")
+    seeds = fresh_seeds(arguments, {record.seed for record in records if record.seed is not None})
+    overrides = cli.common_overrides(arguments)
+    base = {**top[0].config, **overrides}
+    varying = [key for key in varying_keys([configuration.config for configuration in top]) if key not in overrides]
+    points = [
+        {**{key: configuration.config[key] for key in varying}, "seed": seed} for configuration in top for seed in seeds
+    ]
+    cli.check_points(base, points, "--top-k/--set")
+    ranked = [
+        {
+            "config": configuration.config,
+            "dev": configuration.values(RANKING_METRIC),
+            "seeds": configuration.seeds,
+            "study_dev_mean": configuration.mean(RANKING_METRIC),
+        }
+        for configuration in top
+    ]
+    return {"base": base, "varying": varying, "points": points, "seeds": seeds, "top": ranked}
+
+
+def study_trials(arguments) -> list[TrialRecord]:
     """The finished study's trials, from its Tune folder and/or its MLflow parent run (a trial once)."""
+    from mlflow.exceptions import MlflowException
+
+    from tracking.results.mlflow_runs import read_mlflow_trials
+    from tracking.results.ranking import without_duplicates
+    from tracking.results.tune_folder import read_study_folder
+    from tracking.uri import resolve_tracking_uri
+
     if not arguments.study and not arguments.parent_run:
-        raise common.StudyInputError("--study/--parent-run: name the study to confirm (its Tune folder or run id)")
-    records: dict[str, common.TrialRecord] = {}
+        raise cli.StudyInputError("--study/--parent-run: name the study to confirm (its Tune folder or run id)")
+    records: list[TrialRecord] = []
     if arguments.study:
-        location = common.absolute_location(arguments.study)
-        if common.read_text(common.join(location, common.BASE_CONFIG_FILE)) is None:
-            raise common.StudyInputError(
-                f"--study {arguments.study}: not a study folder (no {common.BASE_CONFIG_FILE})"
-            )
-        records.update({record.trial_id: record for record in common.load_trials(location)})
+        location = storage.absolute_location(arguments.study)
+        if storage.read_text(storage.join(location, storage.BASE_CONFIG_FILE)) is None:
+            raise cli.StudyInputError(f"--study {arguments.study}: not a study folder (no {storage.BASE_CONFIG_FILE})")
+        records += read_study_folder(location)
     if arguments.parent_run:
-        tracking_uri = arguments.tracking_uri or default_tracking_uri()
+        tracking_uri = resolve_tracking_uri(arguments.tracking_uri)
         try:
-            runs = child_runs(tracking_uri, arguments.parent_run)
-        except Exception as error:  # MLflow raises its own exception kinds for unknown runs and stores
-            raise common.StudyInputError(f"--parent-run {arguments.parent_run} at {tracking_uri}: {error}") from error
-        for run in runs:
-            tags = run.data.tags
-            trial_id = tags.get("clmlf.trial_id", run.info.run_name)
-            status = tags.get("clmlf.status", "TERMINATED" if run.info.status == "FINISHED" else run.info.status)
-            metrics = dict(run.data.metrics)
-            records.setdefault(
-                trial_id, common.TrialRecord(trial_id, status, tags.get("clmlf.error", ""), run.data.params, metrics)
-            )
+            records += read_mlflow_trials(tracking_uri, parent_run_ids=[arguments.parent_run])
+        except (ResultsError, MlflowException) as error:
+            raise cli.StudyInputError(f"--parent-run {arguments.parent_run} at {tracking_uri}: {error}") from error
+    records, _ = without_duplicates(records)
     if not records:
-        raise common.StudyInputError("--study/--parent-run: the study has no trials")
-    return list(records.values())
-
-
-def configuration_key(config: dict[str, Any]) -> str:
-    return json.dumps({key: value for key, value in config.items() if key != "seed"}, sort_keys=True, default=str)
-
-
-def ranked_configurations(records: list[common.TrialRecord]) -> list[dict[str, Any]]:
-    """Configurations (flat, without seed) of the successful trials, best mean dev score first."""
-    groups: dict[str, dict[str, Any]] = {}
-    for record in records:
-        if not record.succeeded:
-            continue
-        config = typed_flat_config(record.config)
-        group = groups.setdefault(configuration_key(config), {"config": config, "dev": [], "seeds": []})
-        group["dev"].append(float(record.metrics[common.RANKING_METRIC]))
-        group["seeds"].append(config["seed"])
-    ranked = sorted(groups.values(), key=lambda group: statistics.fmean(group["dev"]), reverse=True)
-    return [{**group, "study_dev_mean": statistics.fmean(group["dev"])} for group in ranked]
+        raise cli.StudyInputError("--study/--parent-run: the study has no trials")
+    return records
 
 
 def fresh_seeds(arguments, used: set[int]) -> list[int]:
-    requested = common.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 3)
+    requested = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 3)
     if arguments.seeds is not None and "," in arguments.seeds:
         reused = sorted(set(requested) & used)
         if reused:
-            raise common.StudyInputError(f"--seeds: {reused} were used by the study; confirmation needs fresh seeds")
+            raise cli.StudyInputError(f"--seeds: {reused} were used by the study; confirmation needs fresh seeds")
         return requested
     seeds, candidate = [], 0
     while len(seeds) < len(requested):
@@ -95,126 +164,40 @@ def fresh_seeds(arguments, used: set[int]) -> list[int]:
     return seeds
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = common.study_parser(KIND, __doc__)
-    parser.set_defaults(dataset=None, preset=None)
-    parser.add_argument("--study", help="the finished study's Tune folder (<storage>/<name>)")
-    parser.add_argument("--parent-run", help="the finished study's MLflow parent run id (at --tracking-uri)")
-    parser.add_argument("--top-k", type=int, default=3, help="how many of the best configurations (default 3)")
-
-    def run() -> int:
-        arguments = parser.parse_args(argv)
-        common.refuse_options(
-            arguments,
-            {
-                "--num-samples": "each configuration runs once per fresh seed; use --seeds",
-                "--dataset": "the data set is the study's",
-                "--preset": "the configurations are the study's; change single settings with --set",
-            },
-        )
-        if arguments.resume:
-            arguments = common.resolve_study_arguments(arguments, KIND)
-            text = common.read_text(common.join(arguments.storage_path, arguments.name, PLAN_FILE))
-            if text is None:
-                raise common.StudyInputError(f"--resume: {arguments.name} has no {PLAN_FILE}; not a confirm study")
-            plan = json.loads(text)
-        else:
-            plan = confirmation_plan(arguments)
-            arguments.dataset = plan["base"]["dataset"]
-            arguments = common.resolve_study_arguments(arguments, KIND)
-        study = common.Study(
-            kind=KIND,
-            arguments=arguments,
-            base=plan["base"],
-            points=plan["points"],
-            # Configurations differ in `varying`; a single one is grouped by a key that all trials share.
-            group_by=plan["varying"] or ["dataset"],
-            described_space=plan,
-        )
-        if not arguments.resume:
-            common.write_text(
-                common.join(arguments.storage_path, arguments.name, PLAN_FILE), json.dumps(plan, indent=2)
-            )
-        status = common.run_study(study)
-        if status in (0, 1):
-            write_summary(study, plan)
-        return status
-
-    return common.main_guard(run)
-
-
-def confirmation_plan(arguments) -> dict[str, Any]:
-    """The top-k configurations, the fresh seeds and the points (one per configuration and seed)."""
-    if arguments.top_k < 1:
-        raise common.StudyInputError(f"--top-k {arguments.top_k}: must be >= 1")
-    records = study_trials(arguments)
-    ranked = ranked_configurations(records)
-    if not ranked:
-        raise common.StudyInputError("--study/--parent-run: the study has no successful trial to confirm")
-    top = ranked[: arguments.top_k]
-    used = {int(typed_flat_config(record.config).get("seed", -1)) for record in records}
-    seeds = fresh_seeds(arguments, used)
-    overrides = confirm_overrides(arguments)
-    base = {**top[0]["config"], **overrides}
-    varying = [key for key in base if key not in overrides and len({str(group["config"][key]) for group in top}) > 1]
-    points = [{**{key: group["config"][key] for key in varying}, "seed": seed} for group in top for seed in seeds]
-    common.check_points(base, points, "--top-k/--set")
-    return {"base": base, "varying": varying, "points": points, "seeds": seeds, "top": top}
-
-
-def confirm_overrides(arguments) -> dict[str, Any]:
-    from clmlf.config import ConfigError, parse_overrides
-
-    overrides: dict[str, Any] = {}
-    if arguments.data_root:
-        overrides["data_root"] = common.absolute_local_paths({"data_root": arguments.data_root})["data_root"]
-    if arguments.smoke_test:
-        overrides.update(common.SMOKE_OVERRIDES)
-    try:
-        overrides.update(parse_overrides(arguments.set))
-    except ConfigError as error:
-        raise common.StudyInputError(f"--set: {error}") from error
-    return overrides
-
-
-def write_summary(study: common.Study, plan: dict[str, Any]) -> None:
+def write_summary(experiment_path: str, records: list[TrialRecord], plan: dict[str, Any]) -> None:
     """Per configuration: the study's dev scores, and dev and test mean and spread on the fresh seeds."""
-    experiment_path = common.join(study.arguments.storage_path, study.arguments.name)
-    records = common.load_trials(experiment_path)
+    confirmed = rank_configurations(records)
     entries = []
     print("\nconfirmation on fresh seeds (test read here, never used to choose):")
     for rank, group in enumerate(plan["top"], start=1):
         point = {key: group["config"][key] for key in plan["varying"]}
-        runs = [
-            record
-            for record in records
-            if record.succeeded and all(str(record.config.get(key)) == str(value) for key, value in point.items())
+        # The confirmation trials of this configuration: its values of the varying keys (JSON may change types).
+        trials = [
+            trial
+            for configuration in confirmed
+            if all(str(configuration.config.get(key)) == str(value) for key, value in point.items())
+            for trial in configuration.trials
         ]
-        measured = {
-            metric: [float(record.metrics[metric]) for record in runs if metric in record.metrics]
-            for metric in REPORTED_METRICS
-        }
+        fresh = Configuration(str(rank), trials)
         spread = {
             metric: {
-                "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-                "n": len(values),
+                "mean": None if math.isnan(fresh.mean(metric)) else fresh.mean(metric),
+                "std": None if math.isnan(fresh.std(metric)) else fresh.std(metric),
+                "n": len(fresh.values(metric)),
             }
-            for metric, values in measured.items()
+            for metric in REPORTED_METRICS
         }
-        seeds = sorted(record.config.get("seed") for record in runs)
-        entries.append({"rank": rank, "config": group["config"], "study_dev": group["dev"], "fresh_seeds": seeds,
-                        "metrics": spread})  # fmt: skip
-        described = ", ".join(f"{key}={common.short(value)}" for key, value in point.items()) or "the best config"
+        entries.append({"rank": rank, "config": group["config"], "study_dev": group["dev"],
+                        "fresh_seeds": fresh.seeds, "metrics": spread})  # fmt: skip
+        described = ", ".join(f"{key}={short(value)}" for key, value in point.items()) or "the best config"
         numbers = ", ".join(
-            f"{metric.removeprefix('selected/')} {values['mean']:.4f}"
-            + (f" ± {values['std']:.4f}" if values["std"] is not None else "")
-            for metric, values in spread.items()
-            if values["mean"] is not None
+            f"{metric.removeprefix('selected/')} {fresh.mean_std(metric)}"
+            for metric in REPORTED_METRICS
+            if fresh.values(metric)
         )
-        print(f"  #{rank} {described} (study dev {statistics.fmean(group['dev']):.4f}), seeds {seeds}: {numbers}")
-    common.write_text(common.join(experiment_path, SUMMARY_FILE), json.dumps(entries, indent=2, default=str))
-    print(f"summary: {common.join(experiment_path, SUMMARY_FILE)}")
+        print(f"  #{rank} {described} (study dev {group['study_dev_mean']:.4f}), seeds {fresh.seeds}: {numbers}")
+    storage.write_json(storage.join(experiment_path, SUMMARY_FILE), entries)
+    print(f"summary: {storage.join(experiment_path, SUMMARY_FILE)}")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,61 @@ from __future__ import annotations
 
 import sys
 
-from studies import common
+from studies import cli
 
 KIND = "layer_sweep"
 FUSION_LAYERS = [1, 2, 3, 4, 5, 6]
 IMAGE_LAYERS = [1, 2, 3]
 SMOKE_LAYERS = [1, 2]
 LAYER_KEYS = ["model.fusion_layers", "model.image_layers"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.study_parser(KIND, __doc__)
+    parser.add_argument("--grid", action="store_true", help="every fusion x image combination (6 x 3)")
+    parser.add_argument("--fusion-layers", type=cli.int_list, help="fusion depths (default 1-6; smoke: 1,2)")
+    parser.add_argument("--image-layers", type=cli.int_list, help="image depths (default 1-3; smoke: 1,2)")
+    return cli.main_guard(lambda: run(cli.parse_arguments(parser, argv, KIND)))
+
+
+def run(arguments) -> int:
+    # Ray and the trainer are imported once the arguments are parsed.
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from studies.runner import TRIAL_PROCESSES, Study, points_space
+
+    cli.refuse_options(arguments, {"--num-samples": "the sweep runs each point once per seed; use --seeds"})
+    base = cli.base_config(arguments)
+    seeds = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
+    fusion = arguments.fusion_layers or (SMOKE_LAYERS if arguments.smoke_test else FUSION_LAYERS)
+    image = arguments.image_layers or (SMOKE_LAYERS if arguments.smoke_test else IMAGE_LAYERS)
+    pairs = layer_pairs(fusion, image, base["model.fusion_layers"], base["model.image_layers"], arguments.grid)
+    points = [
+        {"model.fusion_layers": fusion_layers, "model.image_layers": image_layers, "seed": seed}
+        for fusion_layers, image_layers in pairs
+        for seed in seeds
+    ]
+    cli.check_points(base, points, "--fusion-layers/--image-layers")
+
+    with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
+        if arguments.resume:
+            tuner = study.restore()
+        else:
+            tuner = tune.Tuner(
+                study.trainable,
+                param_space=points_space(points),
+                tune_config=tune.TuneConfig(
+                    # One trial per (fusion, image, seed) point.
+                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
+                    num_samples=len(points),
+                    max_concurrent_trials=arguments.max_concurrent,
+                    **TRIAL_PROCESSES,
+                ),
+                run_config=study.run_config(),
+            )
+        tuner.fit()
+        return study.conclude(table_keys=LAYER_KEYS)
 
 
 def layer_pairs(fusion: list[int], image: list[int], fixed_fusion: int, fixed_image: int, grid: bool):
@@ -35,39 +83,6 @@ def layer_pairs(fusion: list[int], image: list[int], fixed_fusion: int, fixed_im
     sweeps = [(fusion_layers, fixed_image) for fusion_layers in fusion]
     sweeps += [(fixed_fusion, image_layers) for image_layers in image]
     return list(dict.fromkeys(sweeps))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = common.study_parser(KIND, __doc__)
-    parser.add_argument("--grid", action="store_true", help="every fusion x image combination (6 x 3)")
-    parser.add_argument("--fusion-layers", type=common.int_list, help="fusion depths (default 1-6; smoke: 1,2)")
-    parser.add_argument("--image-layers", type=common.int_list, help="image depths (default 1-3; smoke: 1,2)")
-
-    def run() -> int:
-        arguments = common.parse_arguments(parser, argv, KIND)
-        common.refuse_options(arguments, {"--num-samples": "the sweep runs each point once per seed; use --seeds"})
-        base = common.base_config(arguments)
-        seeds = common.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
-        fusion = arguments.fusion_layers or (SMOKE_LAYERS if arguments.smoke_test else FUSION_LAYERS)
-        image = arguments.image_layers or (SMOKE_LAYERS if arguments.smoke_test else IMAGE_LAYERS)
-        pairs = layer_pairs(fusion, image, base["model.fusion_layers"], base["model.image_layers"], arguments.grid)
-        points = [
-            {"model.fusion_layers": fusion_layers, "model.image_layers": image_layers, "seed": seed}
-            for fusion_layers, image_layers in pairs
-            for seed in seeds
-        ]
-        common.check_points(base, points, "--fusion-layers/--image-layers")
-        study = common.Study(
-            kind=KIND,
-            arguments=arguments,
-            base=base,
-            points=points,
-            group_by=LAYER_KEYS,
-            described_space={"points": points, "base": base},
-        )
-        return common.run_study(study)
-
-    return common.main_guard(run)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ real MLflow tracking server. Both are session-scoped, since starting them costs 
 - `mlflow_server`: `python -m mlflow server` on a free loopback port with a SQLite store and a local artifact
   root in a tmp folder; yields its `http://127.0.0.1:<port>` URI and stops it at the end of the session.
 - `free_loopback_port`: a TCP port on 127.0.0.1 that nothing listens on (e.g. an unreachable server's URI).
+- `smoke_sweep`: the smoke layer sweep on two seeds, run once on `ray_cluster` with one GPU per trial and its
+  checkpoints kept; its folder holds the study folder `tune/sweep` and the MLflow store `mlflow.db`.
+- `smoke_search`: the smoke search as a user starts it, `python studies/search.py --smoke-test` in a subprocess
+  whose environment alone names the MLflow server (MLFLOW_TRACKING_URI) and the Ray cluster (RAY_ADDRESS); its
+  Optuna study stored by default, its printed output kept.
 """
 
 from __future__ import annotations
@@ -76,6 +81,61 @@ def ray_cluster(clmlf_cache_dir: Path) -> Iterator[RayCluster]:
             if ray.is_initialized():
                 ray.shutdown()
             cluster.shutdown()
+
+
+SMOKE_SWEEP_NAME = "sweep"
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster) -> Path:
+    from studies import layer_sweep
+
+    folder = tmp_path_factory.mktemp("smoke-sweep")
+    arguments = [
+        "--smoke-test",
+        "--seeds", "2",
+        "--address", ray_cluster.address,
+        "--gpus-per-trial", "1",
+        "--keep-checkpoints",
+        "--storage-path", str(folder / "tune"),
+        "--name", SMOKE_SWEEP_NAME,
+        "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
+    ]  # fmt: skip
+    assert layer_sweep.main(arguments) == 0
+    return folder
+
+
+SMOKE_SEARCH_NAME = "searched"
+SMOKE_SEARCH_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    folder: Path  # the study's Tune folder
+    log: str  # what its driver printed, stdout and stderr in order
+    cwd: Path  # where the driver ran
+
+
+@pytest.fixture(scope="session")
+def smoke_search(
+    tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster, mlflow_server: str
+) -> FinishedStudy:
+    cwd = tmp_path_factory.mktemp("smoke-search")
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "RAY_ADDRESS": ray_cluster.address}
+    for name in ("CLMLF_TRACKING_URI", "CLMLF_RAY_ADDRESS"):
+        environment.pop(name, None)
+    command = [
+        sys.executable, str(PROJECT_ROOT / "studies" / "search.py"),
+        "--smoke-test", "--gpus-per-trial", "1",
+        "--storage-path", str(cwd / "tune"), "--name", SMOKE_SEARCH_NAME,
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=SMOKE_SEARCH_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    (cwd / "driver.log").write_text(completed.stdout)
+    assert completed.returncode == 0, completed.stdout[-5000:]
+    return FinishedStudy(cwd / "tune" / SMOKE_SEARCH_NAME, completed.stdout, cwd)
 
 
 def free_port() -> int:

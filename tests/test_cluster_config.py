@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import itertools
 import os
 import re
 import shlex
@@ -43,6 +44,7 @@ COMMAND_LISTS = (
     "worker_start_ray_commands",
 )
 UNSPECIFIED_ADDRESSES = {"", "0.0.0.0", "::", "[::]", "*"}
+SHELL_OPERATORS = {"&", "&&", "|", "||", ";", ">", ">>", "<", "2>&1"}
 
 
 def load_cluster_yaml(path: Path = CLUSTER_YAML) -> dict[str, Any]:
@@ -92,7 +94,8 @@ def mlflow_server_command_from_cluster_yaml(
     )
     if start is None:
         raise ValueError(f"{cluster_yaml}: no `mlflow server` words in {matches[0]!r}")
-    command = arguments[start:]
+    # Up to the first shell operator: a command may go on with redirections, `&` and more commands.
+    command = list(itertools.takewhile(lambda word: word not in SHELL_OPERATORS, arguments[start:]))
     if executable is not None:
         command[0] = executable
     replacements = {
@@ -123,7 +126,7 @@ def commands_containing(commands: list[str], text: str) -> list[str]:
     return [command for command in commands if text in command]
 
 
-def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess[str]:
+def run_like_ray(command: str, home: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Runs a command the way Ray's SSH command runner does on a node (`bash --login -c -i` after
     `source ~/.bashrc`), with `home` as the node's home folder."""
     environment = {"HOME": str(home), "PATH": os.environ["PATH"], "USER": os.environ.get("USER", "ubuntu")}
@@ -135,7 +138,7 @@ def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess[str]:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
         check=False,
     )
 
@@ -234,6 +237,10 @@ def test_head_has_no_gpu_and_takes_no_trials(head_type: dict[str, Any]) -> None:
 
 
 def test_ray_is_started_from_the_projects_venv(config: dict[str, Any]) -> None:
+    assert_ray_is_started_from_the_projects_venv(config)
+
+
+def assert_ray_is_started_from_the_projects_venv(config: dict[str, Any]) -> None:
     venv_ray = f"{PROJECT_MOUNT}/.venv/bin/ray"
     head_start = commands_containing(config["head_start_ray_commands"], "ray start")
     worker_start = commands_containing(config["worker_start_ray_commands"], "ray start")
@@ -336,16 +343,22 @@ def test_mlflow_command_helper_names_the_file_when_an_option_is_missing(tmp_path
         mlflow_server_command_from_cluster_yaml(host="127.0.0.1", cluster_yaml=cluster_yaml)
 
 
+def worker_environment_after_setup(config: dict[str, Any], home: Path, head_ip: str) -> dict[str, str]:
+    """The environment of a command Ray runs on a worker after its setup commands wrote the environment file (run
+    twice: `ray up` reruns setup after a config change)."""
+    write_ubuntu_bashrc(home)
+    writes = with_head_node_ip(commands_containing(config["worker_setup_commands"], ENVIRONMENT_FILE), head_ip)
+    for _ in range(2):
+        for command in writes:
+            result = run_like_ray(command, home)
+            assert result.returncode == 0, f"{command}\n{result.stderr}"
+    return node_environment(home)
+
+
 def test_worker_environment_reaches_the_commands_ray_runs_later(
     config: dict[str, Any], settings: dict[str, Any], tmp_path: Path
 ) -> None:
-    write_ubuntu_bashrc(tmp_path)
-    writes = with_head_node_ip(commands_containing(config["worker_setup_commands"], ENVIRONMENT_FILE), "10.0.3.7")
-    for _ in range(2):  # `ray up` reruns setup after a config change
-        for command in writes:
-            result = run_like_ray(command, tmp_path)
-            assert result.returncode == 0, f"{command}\n{result.stderr}"
-    environment = node_environment(tmp_path)
+    environment = worker_environment_after_setup(config, tmp_path, "10.0.3.7")
     assert environment["CLMLF_TRACKING_URI"] == f"http://10.0.3.7:{MLFLOW_PORT}"
     assert environment["CLMLF_STORAGE_PATH"] == f"s3://{settings['bucket']}/tune"
     assert environment["CLMLF_RAY_ADDRESS"] == "auto"
@@ -372,7 +385,14 @@ def test_every_bucket_address_uses_the_settings_bucket(settings: dict[str, Any])
 
 
 def test_no_credentials_in_the_file(config: dict[str, Any]) -> None:
-    text = CLUSTER_YAML.read_text()
+    assert_no_credentials(CLUSTER_YAML.read_text())
+    assert "aws_credentials" not in config["provider"]
+    for name, node_type in config["available_node_types"].items():
+        profile_arn = node_type["node_config"]["IamInstanceProfile"]["Arn"]
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@/-]+", profile_arn), name
+
+
+def assert_no_credentials(text: str) -> None:
     forbidden = [
         r"(?:AKIA|ASIA)[0-9A-Z]{16}",
         r"aws_access_key_id",
@@ -385,10 +405,6 @@ def test_no_credentials_in_the_file(config: dict[str, Any]) -> None:
     ]
     for pattern in forbidden:
         assert not re.search(pattern, text, re.IGNORECASE), pattern
-    assert "aws_credentials" not in config["provider"]
-    for name, node_type in config["available_node_types"].items():
-        profile_arn = node_type["node_config"]["IamInstanceProfile"]["Arn"]
-        assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@/-]+", profile_arn), name
 
 
 def test_security_group_adds_nothing_open_to_the_internet(config: dict[str, Any]) -> None:
@@ -413,8 +429,8 @@ def test_effective_security_group_opens_only_ssh_to_the_internet(config: dict[st
     open_to_world = [
         (rule["IpProtocol"], rule["FromPort"], rule["ToPort"])
         for rule in rules
-        if {r["CidrIp"] for r in rule.get("IpRanges", [])}
-        | {r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])} & {"0.0.0.0/0", "::/0"}
+        if ({r["CidrIp"] for r in rule.get("IpRanges", [])} | {r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])})
+        & {"0.0.0.0/0", "::/0"}
     ]
     assert open_to_world == [("tcp", 22, 22)]
     within_group = [rule for rule in rules if rule.get("UserIdGroupPairs")]
@@ -424,14 +440,16 @@ def test_effective_security_group_opens_only_ssh_to_the_internet(config: dict[st
 
 
 def test_every_command_is_valid_bash(config: dict[str, Any]) -> None:
+    assert_every_command_is_valid_bash(config)
+
+
+def assert_every_command_is_valid_bash(config: dict[str, Any]) -> None:
     for command in all_commands(config):
         result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, timeout=10)
         assert result.returncode == 0, f"{command}\n{result.stderr}"
 
 
 def test_readme_shows_the_commands_cluster_yaml_runs(config: dict[str, Any]) -> None:
-    if not README.exists():
-        pytest.skip("README.md not written yet")
     readme = README.read_text()
     assert README_SECTION in readme
     section = readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]

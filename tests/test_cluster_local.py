@@ -25,8 +25,10 @@ from conftest import free_port, start_logged, stop_process_group, wait_until_ans
 from mlflow.tracking import MlflowClient
 from test_cluster_config import mlflow_server_command_from_cluster_yaml
 
-from studies import common, layer_sweep
-from tracking.mlflow_logging import child_runs, experiment_name
+from studies import cli, layer_sweep, runner
+from tracking.mlflow_logging import experiment_name
+from tracking.results.mlflow_runs import child_runs
+from tracking.storage import TRIALS_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -226,7 +228,7 @@ def test_smoke_sweep_on_a_local_cluster_finishes_every_trial_when_a_gpu_worker_d
             "--tracking-uri", tracking_uri,
             "--storage-path", str(storage),
             "--name", STUDY_NAME,
-            "--set", f"finetune_epochs={EPOCHS - common.SMOKE_OVERRIDES['frozen_text_epochs']}",
+            "--set", f"finetune_epochs={EPOCHS - cli.SMOKE_OVERRIDES['frozen_text_epochs']}",
         ]  # fmt: skip
         driver_log = tmp_path / "study.log"
         # On the head, `auto` finds the cluster that `ray start --head` recorded; RAY_ADDRESS says the same
@@ -251,7 +253,7 @@ def test_smoke_sweep_on_a_local_cluster_finishes_every_trial_when_a_gpu_worker_d
         driver.wait(timeout=max(1.0, deadline - time.monotonic()))
         assert driver.returncode == 0, log_tail(driver_log)
 
-        with (experiment / common.TRIALS_FILE).open() as handle:
+        with (experiment / TRIALS_FILE).open() as handle:
             rows = list(csv.DictReader(handle))
         trial_ids = sorted(row["trial_id"] for row in rows)
         assert len(rows) == SMOKE_TRIALS and {row["status"] for row in rows} == {"TERMINATED"}, rows
@@ -285,7 +287,7 @@ def test_smoke_sweep_on_a_local_cluster_finishes_every_trial_when_a_gpu_worker_d
             assert sorted(set(steps)) == list(range(EPOCHS))
         retries = {run.data.tags["clmlf.trial_id"]: int(run.data.tags["clmlf.retries"]) for run in trial_runs}
         assert retries[killed_trial] >= 1, retries
-        assert retries[killed_trial] <= common.RETRIES_PER_TRIAL
+        assert retries[killed_trial] <= runner.RETRIES_PER_TRIAL
 
         # The study says which trials were retried: trials.csv, the printed summary and the report.
         retried_rows = {row["trial_id"]: int(row["retries"]) for row in rows if int(row["retries"])}

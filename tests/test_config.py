@@ -49,7 +49,13 @@ def test_flat_dict_has_dotted_model_keys_and_no_derived_values():
 
 @pytest.mark.parametrize(
     ("dataset", "fusion_layers", "image_layers", "batch_size"),
-    [("mvsa-single", 3, 2, 32), ("mvsa-multiple", 4, 2, 64), ("hfm", 5, 1, 128)],
+    [
+        ("mvsa-single", 3, 2, 32),
+        ("mvsa-multiple", 4, 2, 64),
+        ("hfm", 5, 1, 128),
+        ("twitter2015", 3, 2, 32),
+        ("twitter2017", 3, 2, 32),
+    ],
 )
 def test_paper_preset_per_dataset(dataset, fusion_layers, image_layers, batch_size):
     config = build_config(dataset, "paper")
@@ -70,7 +76,7 @@ def test_paper_preset_per_dataset(dataset, fusion_layers, image_layers, batch_si
 
 
 def test_dataset_settings_only_apply_to_the_paper_preset():
-    assert set(DATASET_SETTINGS) == {"mvsa-single", "mvsa-multiple", "hfm"}
+    assert set(DATASET_SETTINGS) == {"mvsa-single", "mvsa-multiple", "hfm", "twitter2015", "twitter2017"}
     tiny_hfm = build_config("hfm", "tiny")
     assert tiny_hfm.model.fusion_layers == PRESETS["tiny"]["model.fusion_layers"]
     assert tiny_hfm.batch_size == PRESETS["tiny"]["batch_size"]

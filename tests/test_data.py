@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fixtures import make_records, translations_for, write_dataset, write_jpeg, write_json, write_split
+from fixtures import (
+    make_records,
+    shared_data,
+    translations_for,
+    write_dataset,
+    write_jpeg,
+    write_json,
+    write_split,
+)
 from PIL import Image, ImageFile
 
 from clmlf.data import (
@@ -500,13 +507,8 @@ def test_data_error_survives_pickling_between_processes(tmp_path):
     assert isinstance(not_found, FileNotFoundError) and "gone" in str(not_found)
 
 
-def _real_text_data() -> Path:
-    beside_the_repository = Path(__file__).resolve().parents[2] / "shared/data/clmlf-text"
-    return Path(os.environ.get("CLMLF_TEXT_DATA", beside_the_repository))
-
-
 def test_real_text_data_loads_with_the_published_sizes():
-    root = _real_text_data()
+    root = shared_data("clmlf-text", "CLMLF_TEXT_DATA")
     if not root.is_dir():
         pytest.skip(f"real text data not present at {root}")
 

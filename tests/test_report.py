@@ -1,5 +1,6 @@
-"""The study report against real MLflow stores (sqlite, written with the real client as the studies log) and
-hand-written Ray Tune result folders; the page is checked in a real headless Chromium."""
+"""The study report against real MLflow stores (sqlite, written with the real client in the layout the studies log)
+holding planned numbers, so that the ranking and every table can be checked against values worked out by hand;
+the page is checked in a real headless Chromium. Reports of a real study's Tune folder are in test_results.py."""
 
 from __future__ import annotations
 
@@ -21,14 +22,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from clmlf.config import build_config, load_config_file
-from tracking.report import (
-    CONFIG_KEYS,
-    Configuration,
-    Trial,
-    main,
-    rank_configurations,
-    write_study_report,
-)
+from tracking.report import write_study_report
+from tracking.report.cli import main
+from tracking.results.ranking import rank_configurations
+from tracking.results.record import CONFIG_KEYS, ResultsError, TrialRecord
 
 CHROMIUM = Path("/usr/bin/chromium")
 OOM_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (trial fusion_layers=4)"
@@ -186,49 +183,6 @@ def log_study(client: MlflowClient, study: PlannedStudy, artifact_root: Path) ->
     return parent_id
 
 
-def write_tune_experiment(storage: Path, study: PlannedStudy, *, full_params: bool = True) -> Path:
-    """A Tune result folder as Ray 2.x writes it: per trial params.json and result.json (one JSON row per report)."""
-    experiment_dir = storage / study.name
-    for index, trial in enumerate(study.trials):
-        config = study.config(trial)
-        params = config if full_params else {**trial.overrides, "seed": trial.seed}
-        tag = ",".join(f"{key.replace('.', '_')}={value}" for key, value in params.items() if key in trial.overrides)
-        folder = experiment_dir / f"trainable_{trial.trial_id}_{index}_{tag}_2026-11-28_06-55-34"
-        folder.mkdir(parents=True)
-        (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
-        rows = []
-        if not trial.error:
-            total = 0.0
-            for epoch, metrics in enumerate(trial.epoch_rows()):
-                total += 2.5
-                rows.append(
-                    {
-                        **metrics,
-                        "dev/confusion_matrix": [[3, 1, 0], [1, 2, 1], [0, 1, 3]],
-                        "trial/node": "node-0",
-                        "trial/device": "cpu",
-                        "timestamp": 1795848941 + epoch,
-                        "checkpoint_dir_name": f"checkpoint_{epoch:06d}",
-                        "done": epoch == 1,
-                        "training_iteration": epoch + 1,
-                        "trial_id": trial.trial_id,
-                        "date": "2026-11-28_06-55-41",
-                        "time_this_iter_s": 2.5,
-                        "time_total_s": total,
-                        "pid": 8616,
-                        "hostname": "node-0",
-                        "node_ip": "192.0.2.2",
-                        "config": params,
-                        "time_since_restore": total,
-                        "iterations_since_restore": epoch + 1,
-                    }
-                )
-        (folder / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        if trial.error:
-            (folder / "error.txt").write_text(f"Failure # 1 (occurred at 2026-11-28_06-55-42)\n{trial.error}\n")
-    return experiment_dir
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("mlflow")
@@ -306,9 +260,12 @@ def test_summary_gives_mean_and_std_over_three_seeds(report: dict[str, Path]) ->
     assert float(fusion_one["dev_score_std"]) == pytest.approx(statistics.stdev([0.60, 0.62, 0.76]))
     single = by_layers[("3", "full", "0.07", "0.1")]
     assert int(single["n"]) == 1 and single["dev_score_std"] == ""
-    # Sorted by dev mean, the ranking column counts up.
-    means = [float(row["dev_score_mean"]) for row in rows]
-    assert means == sorted(means, reverse=True)
+    # Compared at equal n: the two three-seed configurations first, then the single-seed ones; each group sorted by
+    # its dev mean, and the ranking column counts up.
+    assert [int(row["n"]) for row in rows] == [3, 3] + [1] * 9
+    for group in (rows[:2], rows[2:]):
+        means = [float(row["dev_score_mean"]) for row in group]
+        assert means == sorted(means, reverse=True)
     assert [row["rank"] for row in rows] == [str(rank) for rank in range(1, len(rows) + 1)]
     # 3 + 3 + 1 sweep configurations (the failed one is not), 4 search points, 4 ablation variants.
     assert len(rows) == 11
@@ -346,68 +303,55 @@ def test_page_has_every_section_and_no_external_resource(report: dict[str, Path]
 
 
 def test_ranking_never_reads_the_test_split() -> None:
-    def trial(trial_id: str, seed: int, dev: float, test: float) -> Trial:
-        config = build_config("demo", "tiny", {"seed": seed}).to_flat_dict()
+    def trial(trial_id: str, seed: int, dev: float, test: float) -> TrialRecord:
+        config = build_config("demo", "tiny", {"seed": seed, "model.fusion_layers": 1 + trial_id.startswith("b")})
         metrics = {"selected/dev/score": dev, "selected/test/acc": test, "selected/test/f1_weighted": test}
-        return Trial("memory", "search", "s", trial_id, "demo", config=config, metrics=metrics)
+        return TrialRecord(trial_id, "demo", "TERMINATED", config.to_flat_dict(), metrics)
 
-    better_dev = Configuration("a", [trial("a0", 0, 0.70, 0.10)])
-    better_test = Configuration("b", [trial("b0", 0, 0.69, 0.99)])
-    assert [c.config_id for c in rank_configurations([better_test, better_dev])] == ["a", "b"]
+    better_dev = [trial("a0", 0, 0.70, 0.10), trial("a1", 1, 0.70, 0.20)]
+    better_test = [trial("b0", 0, 0.69, 0.99), trial("b1", 1, 0.69, 0.98)]
+    ranked = rank_configurations(better_test + better_dev)
+    assert [[t.trial_id for t in configuration.trials] for configuration in ranked] == [["a0", "a1"], ["b0", "b1"]]
     # Changing every test number changes nothing.
-    for configuration in (better_dev, better_test):
-        for member in configuration.trials:
-            member.metrics["selected/test/acc"] = 1.0 - member.metrics["selected/test/acc"]
-    assert [c.config_id for c in rank_configurations([better_test, better_dev])] == ["a", "b"]
+    for member in better_dev + better_test:
+        member.metrics["selected/test/acc"] = 1.0 - member.metrics["selected/test/acc"]
+    ranked_again = rank_configurations(better_dev + better_test)
+    assert [c.config_id for c in ranked_again] == [c.config_id for c in ranked]
 
 
-def test_tune_folder_gives_the_same_best_config(tmp_path: Path, report: dict[str, Path]) -> None:
-    experiment_dir = write_tune_experiment(tmp_path / "ray_results", _layer_sweep())
-    folders = write_study_report(tmp_path / "out", tune_dirs=[experiment_dir])
-    assert list(folders) == ["demo"]
-    from_tune = json.loads((folders["demo"] / "best_config.json").read_text())
-    assert from_tune == json.loads((report["demo"] / "best_config.json").read_text())
-    assert from_tune["seed"] == 1 and from_tune["model.fusion_layers"] == 2
-    for name in EXPECTED_FILES:
-        assert (folders["demo"] / name).exists()
-    summary_md = (folders["demo"] / "summary.md").read_text()
-    assert "5a1f0_00007" in summary_md and OOM_ERROR in summary_md
-    assert {row["n"] for row in _csv_rows(folders["demo"] / "summary.csv")} == {"3", "1"}
+def test_ties_go_to_more_seeds_and_failed_trials_never_count() -> None:
+    def trial(trial_id: str, layers: int, seed: int, dev: float, status: str = "TERMINATED") -> TrialRecord:
+        config = build_config("demo", "tiny", {"seed": seed, "model.fusion_layers": layers}).to_flat_dict()
+        failure = None if status == "TERMINATED" else "RuntimeError: lost"
+        return TrialRecord(trial_id, "demo", status, config, {"selected/dev/score": dev}, failure)
+
+    # Fusion 1: one seed at 0.6. Fusion 2: two seeds with the same mean. Fusion 3: a failed trial at 0.9.
+    trials = [trial("f1", 1, 0, 0.6), trial("f2a", 2, 0, 0.5), trial("f2b", 2, 1, 0.7), trial("f3", 3, 0, 0.9, "ERROR")]
+    ranked = rank_configurations(trials)
+    assert [configuration.config["model.fusion_layers"] for configuration in ranked] == [2, 1]
+    assert ranked[0].mean("selected/dev/score") == pytest.approx(0.6)
+    assert ranked[0].best_trial().trial_id == "f2b"
 
 
-def test_a_study_read_from_mlflow_and_its_tune_folder_counts_each_trial_once(
-    tmp_path: Path, store: dict[str, Any]
-) -> None:
-    experiment_dir = write_tune_experiment(tmp_path / "ray_results", store["studies"]["layer_sweep"])
-    folders = write_study_report(
-        tmp_path / "out",
-        tracking_uri=store["uri"],
-        parent_run_ids=[store["parents"]["layer_sweep"]],
-        tune_dirs=[experiment_dir],
-    )
-    rows = _csv_rows(folders["demo"] / "summary.csv")
-    assert sorted(int(row["n"]) for row in rows) == [1, 3, 3]
-    assert summary_failed_count(folders["demo"] / "summary.md") == 1
+def test_configurations_are_compared_at_equal_n(report: dict[str, Path]) -> None:
+    def trial(trial_id: str, layers: int, seed: int, dev: float) -> TrialRecord:
+        config = build_config("demo", "tiny", {"seed": seed, "model.fusion_layers": layers}).to_flat_dict()
+        return TrialRecord(trial_id, "demo", "TERMINATED", config, {"selected/dev/score": dev})
 
-
-def summary_failed_count(path: Path) -> int:
-    failed_section = path.read_text().split("## Failed trials", 1)[1]
-    return sum(1 for line in failed_section.splitlines() if line.startswith("| sweep-demo"))
-
-
-def test_tune_search_space_without_the_base_config_is_reported_not_guessed(tmp_path: Path) -> None:
-    study = _layer_sweep()
-    experiment_dir = write_tune_experiment(tmp_path / "ray_results", study, full_params=False)
-    folders = write_study_report(tmp_path / "partial", tune_dirs=[experiment_dir])
-    summary_md = (next(iter(folders.values())) / "summary.md").read_text()
-    assert "the params lack config keys" in summary_md and "base_config.json" in summary_md
-    assert not (next(iter(folders.values())) / "best_config.json").exists()
-
-    base = build_config("demo", "tiny").to_flat_dict()
-    (experiment_dir / "base_config.json").write_text(json.dumps(base))
-    folders = write_study_report(tmp_path / "with-base", tune_dirs=[experiment_dir])
-    best = json.loads((folders["demo"] / "best_config.json").read_text())
-    assert best == build_config("demo", "tiny", {"model.fusion_layers": 2, "seed": 1}).to_flat_dict()
+    # Fusion 1 and 3 ran on two seeds; fusion 2 and 4 on one (their second seed failed). A plain mean would put
+    # fusion 2's single lucky seed first.
+    trials = [
+        trial("a", 1, 0, 0.55), trial("b", 1, 1, 0.65),
+        trial("c", 2, 0, 0.90),
+        trial("d", 3, 0, 0.60), trial("e", 3, 1, 0.70),
+        trial("f", 4, 1, 0.70),
+    ]  # fmt: skip
+    ranked = rank_configurations(trials)
+    assert [configuration.config["model.fusion_layers"] for configuration in ranked] == [3, 1, 2, 4]
+    # The rule is stated where the ranking is shown.
+    for folder in report.values():
+        assert "compared at equal n" in (folder / "summary.md").read_text()
+        assert "compared at equal n" in (folder / "report.html").read_text()
 
 
 def test_command_line_writes_the_report_and_rejects_an_unknown_experiment(
@@ -471,19 +415,13 @@ def test_page_renders_in_headless_chromium(tmp_path: Path, report: dict[str, Pat
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
-def test_unreadable_tune_rows_name_the_file_and_line(tmp_path: Path) -> None:
-    experiment_dir = write_tune_experiment(tmp_path / "ray_results", _confirm())
-    result_file = next(experiment_dir.glob("*/result.json"))
-    result_file.write_text(result_file.read_text() + "{not json\n")
-    with pytest.raises(ValueError, match=re.escape(f"{result_file}, line 3")):
-        write_study_report(tmp_path / "out", tune_dirs=[experiment_dir])
-
-
 def test_a_data_set_without_a_completed_trial_still_gets_its_summary_and_page(tmp_path: Path) -> None:
     study = PlannedStudy("search", "demo", "search-broken")
     study.trials.append(PlannedTrial("dead0_00000", {}, 0, error="ValueError: model.heads: 384 is not divisible by 5"))
     study.trials.append(PlannedTrial("dead0_00001", {"model.fusion_layers": 2}, 0, dev_score=math.nan))
-    folders = write_study_report(tmp_path / "out", tune_dirs=[write_tune_experiment(tmp_path / "ray", study)])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_study(MlflowClient(uri), study, tmp_path / "artifacts")
+    folders = write_study_report(tmp_path / "out", tracking_uri=uri, experiment_names=[study.experiment])
     folder = folders["demo"]
     assert not (folder / "best_config.json").exists()
     summary_md = (folder / "summary.md").read_text()
@@ -493,13 +431,9 @@ def test_a_data_set_without_a_completed_trial_still_gets_its_summary_and_page(tm
     assert _csv_rows(folder / "summary.csv") == []
 
 
-def test_tune_error_file_gives_the_failure_that_ended_the_trial(tmp_path: Path) -> None:
-    experiment_dir = write_tune_experiment(tmp_path / "ray", _layer_sweep())
-    error_file = next(experiment_dir.glob("*/error.txt"))
-    error_file.write_text(
-        "Failure # 1 (occurred at 2026-11-28_06-55-42)\nConnectionError: node lost\n"
-        f"Failure # 2 (occurred at 2026-11-28_07-01-00)\n{OOM_ERROR}\n"
-    )
-    folders = write_study_report(tmp_path / "out", tune_dirs=[experiment_dir])
-    summary_md = (folders["demo"] / "summary.md").read_text()
-    assert OOM_ERROR in summary_md and "node lost" not in summary_md
+def test_a_store_without_trials_is_an_error_not_an_empty_report(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("clmlf/search/demo")
+    with pytest.raises(ResultsError, match="no trials found"):
+        write_study_report(tmp_path / "out", tracking_uri=uri)
+    assert not (tmp_path / "out").exists()

@@ -6,23 +6,31 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import ray
 import torch
+from conftest import start_logged, stop_process_group
 from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis
 
 from clmlf.config import TrainConfig, build_config, load_config_file
-from studies import ablation, common, confirm, layer_sweep, search
-from tracking.mlflow_logging import child_runs
+from studies import ablation, cli, confirm, layer_sweep, search, trainable
+from tracking import storage
+from tracking.results.mlflow_runs import child_runs, read_mlflow_trials
+from tracking.results.tune_folder import read_tune_trials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SMOKE_EPOCHS = common.SMOKE_OVERRIDES["frozen_text_epochs"] + common.SMOKE_OVERRIDES["finetune_epochs"]
+SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]
 
 
 def study_arguments(tmp_path: Path, name: str, *extra: str) -> list[str]:
@@ -45,12 +53,12 @@ def trial_dirs(experiment: Path) -> list[Path]:
 
 
 def read_trials_csv(experiment: Path) -> list[dict[str, str]]:
-    with (experiment / common.TRIALS_FILE).open() as handle:
+    with (experiment / storage.TRIALS_FILE).open() as handle:
         return list(csv.DictReader(handle))
 
 
 def parent_run_id(experiment: Path) -> str:
-    return json.loads((experiment / common.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    return json.loads((experiment / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
 
 
 @pytest.mark.parametrize(
@@ -91,36 +99,24 @@ def test_the_sweep_runs_the_shared_point_once():
 def test_the_scheduler_never_judges_inside_the_text_frozen_phase():
     base = build_config("demo", "demo").to_flat_dict()
     frozen = base["frozen_text_epochs"]
-    scheduler = common.phase_aware_scheduler(base)
+    scheduler = trainable.phase_aware_scheduler(base)
     # ASHA's first rung (the earliest epoch at which it may stop a trial) is the end of the grace period.
     first_rung = min(milestone for milestone, _ in scheduler._brackets[0]._rungs)
     assert first_rung == frozen + 1
-    assert (scheduler._time_attr, scheduler._metric) == (common.EPOCHS_COMPLETED, "dev/score")
-    with pytest.raises(common.StudyInputError, match="--grace-period"):
-        common.phase_aware_scheduler(base, grace_period=frozen)
-    with pytest.raises(common.StudyInputError, match="only dev metrics"):
-        common.phase_aware_scheduler(base, metric="test/score")
-    with pytest.raises(common.StudyInputError, match="count epochs"):
-        common.phase_aware_scheduler(base, time_attr="time_total_s")
-
-
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, ray_cluster) -> Path:
-    """A smoke layer sweep run once on the cluster with one GPU per trial; its folder holds tune/ and mlflow.db."""
-    folder = tmp_path_factory.mktemp("sweep")
-    arguments = study_arguments(
-        folder, "sweep", "--address", ray_cluster.address, "--gpus-per-trial", "1", "--keep-checkpoints"
-    )
-    assert layer_sweep.main(arguments) == 0
-    return folder
+    assert (scheduler._time_attr, scheduler._metric) == (trainable.EPOCHS_COMPLETED, "dev/score")
+    with pytest.raises(cli.StudyInputError, match="--grace-period"):
+        trainable.phase_aware_scheduler(base, grace_period=frozen)
+    with pytest.raises(cli.StudyInputError, match="only dev metrics"):
+        trainable.phase_aware_scheduler(base, metric="test/score")
+    with pytest.raises(cli.StudyInputError, match="count epochs"):
+        trainable.phase_aware_scheduler(base, time_attr="time_total_s")
 
 
 @pytest.mark.slow
-def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the_trainer(finished_sweep, ray_cluster):
-    tmp_path = finished_sweep
-    experiment = tmp_path / "tune" / "sweep"
+def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the_trainer(smoke_sweep, ray_cluster):
+    experiment = smoke_sweep / "tune" / "sweep"
     dirs = trial_dirs(experiment)
-    # tiny preset: fusion 1 and image 1 fixed; smoke sweeps 1-2 each, the shared point (1, 1) once.
+    # tiny preset: fusion 1 and image 1 fixed; smoke sweeps 1-2 each, the shared point (1, 1) once; two seeds each.
     chosen = set()
     nodes = set()
     processes = set()
@@ -137,35 +133,42 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
         # What the trainer itself ran with, as saved in its checkpoint.
         checkpoint = max(trial_dir.glob("checkpoint_*"))
         trained = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)["config"]
-        assert (trained["model.fusion_layers"], trained["model.image_layers"]) == (
+        assert (trained["model.fusion_layers"], trained["model.image_layers"], trained["seed"]) == (
             params["model.fusion_layers"],
             params["model.image_layers"],
+            params["seed"],
         )
-        chosen.add((params["model.fusion_layers"], params["model.image_layers"]))
-    assert chosen == {(1, 1), (2, 1), (1, 2)}
+        chosen.add((params["model.fusion_layers"], params["model.image_layers"], params["seed"]))
+    assert chosen == {(fusion, image, seed) for fusion, image in [(1, 1), (2, 1), (1, 2)] for seed in (0, 1)}
     assert len(nodes) > 1
-    # Two GPU slots for three trials: the third runs in a process that a finished trial leaves behind.
+    # Two GPU slots for six trials: later trials run in the processes that finished trials leave behind.
     assert len(processes) == 2
 
     rows = read_trials_csv(experiment)
-    assert [row["status"] for row in rows] == ["TERMINATED"] * 3
-    best = load_config_file(experiment / common.BEST_CONFIG_FILE)
-    best_row = max(rows, key=lambda row: float(row["selected/dev/score"]))
-    assert best.model.fusion_layers == int(best_row["model.fusion_layers"])
+    assert [row["status"] for row in rows] == ["TERMINATED"] * 6
+    best = load_config_file(experiment / storage.BEST_CONFIG_FILE)
+    # The best configuration by its mean dev score over the two seeds, and in it the seed with the better score.
+    scores: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        pair = (row["model.fusion_layers"], row["model.image_layers"])
+        scores.setdefault(pair, {})[row["seed"]] = float(row["selected/dev/score"])
+    best_scores = scores[(str(best.model.fusion_layers), str(best.model.image_layers))]
+    assert sum(best_scores.values()) == pytest.approx(max(sum(seeds.values()) for seeds in scores.values()))
+    assert best_scores[str(best.seed)] == max(best_scores.values())
 
-    runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
+    runs = child_runs(f"sqlite:///{smoke_sweep / 'mlflow.db'}", parent_run_id(experiment))
     by_trial = {run.data.tags["clmlf.trial_id"]: run for run in runs}
-    assert len(runs) == len(by_trial) == 3
+    assert len(runs) == len(by_trial) == 6
     for trial_dir in dirs:
         params = json.loads((trial_dir / "params.json").read_text())
         run = by_trial[trial_dir.name.removeprefix("trial_")]
-        assert run.data.params["model.fusion_layers"] == str(params["model.fusion_layers"])
-        assert run.data.params["model.image_layers"] == str(params["model.image_layers"])
+        for key in ("model.fusion_layers", "model.image_layers", "seed"):
+            assert run.data.params[key] == str(params[key])
 
 
 @pytest.mark.slow
-def test_confirm_reruns_the_best_configurations_on_fresh_seeds(finished_sweep, ray_cluster, tmp_path):
-    sweep = finished_sweep / "tune" / "sweep"
+def test_confirm_reruns_the_best_configurations_on_fresh_seeds(smoke_sweep, ray_cluster, tmp_path):
+    sweep = smoke_sweep / "tune" / "sweep"
     arguments = [
         "--study", str(sweep),
         "--top-k", "2",
@@ -177,62 +180,115 @@ def test_confirm_reruns_the_best_configurations_on_fresh_seeds(finished_sweep, r
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
     assert confirm.main(arguments) == 0
-    swept = sorted(read_trials_csv(sweep), key=lambda row: float(row["selected/dev/score"]), reverse=True)
-    expected = {(row["model.fusion_layers"], row["model.image_layers"]) for row in swept[:2]}
+    # The two configurations with the best mean dev score over the sweep's seeds (ties may pick either).
+    scores: dict[tuple[str, str], list[float]] = {}
+    for row in read_trials_csv(sweep):
+        scores.setdefault((row["model.fusion_layers"], row["model.image_layers"]), []).append(
+            float(row["selected/dev/score"])
+        )
+    means = {pair: statistics.fmean(values) for pair, values in scores.items()}
     rows = read_trials_csv(tmp_path / "tune" / "confirmed")
-    assert {(row["model.fusion_layers"], row["model.image_layers"]) for row in rows} == expected
-    # The sweep ran seed 0 only: the first fresh seed is 1.
-    assert {row["seed"] for row in rows} == {"1"}
+    confirmed = {(row["model.fusion_layers"], row["model.image_layers"]) for row in rows}
+    assert len(confirmed) == 2
+    assert min(means[pair] for pair in confirmed) >= max(means[pair] for pair in set(means) - confirmed)
+    # The sweep ran seeds 0 and 1: the first fresh seed is 2.
+    assert {row["seed"] for row in rows} == {"2"}
     summary = json.loads((tmp_path / "tune" / "confirmed" / confirm.SUMMARY_FILE).read_text())
-    assert [entry["fresh_seeds"] for entry in summary] == [[1], [1]]
+    assert [entry["fresh_seeds"] for entry in summary] == [[2], [2]]
     assert all(entry["metrics"]["selected/test/acc"]["n"] == 1 for entry in summary)
+    for entry in summary:
+        pair = (str(entry["config"]["model.fusion_layers"]), str(entry["config"]["model.image_layers"]))
+        assert sorted(entry["study_dev"]) == pytest.approx(sorted(scores[pair]))
+
+
+def first_row(trial_dir: Path) -> dict | None:
+    try:
+        rows = result_rows(trial_dir)
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being written
+        return None
+    return rows[0] if rows else None
 
 
 @pytest.mark.slow
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_cluster, capsys):
-    # text-only never builds the image encoder, so only the image-only trial meets the missing weights file
-    # (the config is valid; the file is looked for when the model is built, in the trial).
+def test_a_final_error_fails_its_trial_once_and_a_killed_worker_is_retried(tmp_path, ray_cluster):
+    # image-only meets a missing weights file when its model is built: EncoderUnavailable, which no retry can fix
+    # (text-only never builds the image encoder). text-only's worker process is killed after its first epoch, as a
+    # lost node takes it: that is retried from the trial's checkpoint.
     arguments = study_arguments(
         tmp_path,
         "faulty",
         "--address", ray_cluster.address,
         "--variants", "text-only,image-only",
         "--set", "model.image_weights=/nonexistent/weights.pth",
+        "--set", "finetune_epochs=3",
     )  # fmt: skip
-    assert ablation.main(arguments) == 0
-    printed = capsys.readouterr().out
     experiment = tmp_path / "tune" / "faulty"
+    log_path = tmp_path / "driver.log"
+    driver = start_logged([sys.executable, str(PROJECT_ROOT / "studies" / "ablation.py"), *arguments], log_path,
+                          dict(os.environ))  # fmt: skip
+    try:
+        killed = None
+        deadline = time.monotonic() + 300
+        while killed is None and driver.poll() is None and time.monotonic() < deadline:
+            for trial_dir in trial_dirs(experiment):
+                params = json.loads((trial_dir / "params.json").read_text())
+                row = first_row(trial_dir) if params["model.variant"] == "text-only" else None
+                if row is not None:
+                    os.kill(int(row["trial/process"].rsplit(":", 1)[1]), signal.SIGKILL)
+                    killed = trial_dir.name.removeprefix("trial_")
+            time.sleep(0.2)
+        assert killed is not None, (
+            f"text-only reported no epoch before the study ended:\n{log_path.read_text()[-3000:]}"
+        )
+        driver.wait(timeout=600)
+    finally:
+        stop_process_group(driver)
+    printed = log_path.read_text()
+    assert driver.returncode == 0, printed[-3000:]
     rows = {row["model.variant"]: row for row in read_trials_csv(experiment)}
-    assert rows["text-only"]["status"] == "TERMINATED"
-    assert rows["image-only"]["status"] == "ERROR"
+    assert (rows["text-only"]["status"], rows["text-only"]["retries"]) == ("TERMINATED", "1")
+    assert (rows["image-only"]["status"], rows["image-only"]["retries"]) == ("ERROR", "0")
     assert "/nonexistent/weights.pth" in rows["image-only"]["error"]
     assert "failed trials (1)" in printed and rows["image-only"]["trial_id"] in printed
+    # The failed trial ran once: Tune recorded one failure.
+    error_file = (experiment / f"trial_{rows['image-only']['trial_id']}" / "error.txt").read_text()
+    assert error_file.count("Failure # ") == 1
+    # The killed trial went on from its checkpoint: every epoch reported once, the last ones by a new process.
+    text_rows = result_rows(experiment / f"trial_{killed}")
+    assert [row["epoch"] for row in text_rows] == list(range(4))
+    assert len({row["trial/process"] for row in text_rows}) == 2
 
     runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
-    failed = [run for run in runs if run.data.tags["clmlf.trial_id"] == rows["image-only"]["trial_id"]]
-    assert len(failed) == 1 and failed[0].info.status == "FAILED"
-    assert failed[0].data.tags["clmlf.status"] == "ERROR"
-    assert "EncoderUnavailable" in failed[0].data.tags["clmlf.error"]
-    assert failed[0].data.tags["clmlf.retries"] == str(common.RETRIES_PER_TRIAL)
+    tags = {run.data.tags["clmlf.trial_id"]: (run.info.status, run.data.tags) for run in runs}
+    failed_status, failed_tags = tags[rows["image-only"]["trial_id"]]
+    assert failed_status == "FAILED" and failed_tags["clmlf.status"] == "ERROR"
+    assert "EncoderUnavailable" in failed_tags["clmlf.error"] and failed_tags["clmlf.retries"] == "0"
+    assert tags[killed][0] == "FINISHED" and tags[killed][1]["clmlf.retries"] == "1"
+
+    # Read back, from the Tune folder and from MLflow alike: the same statuses, retries and errors.
+    logged = {trial.trial_id: trial for trial in read_mlflow_trials(f"sqlite:///{tmp_path / 'mlflow.db'}")}
+    for trial in read_tune_trials(experiment):
+        assert (trial.status, trial.retries, trial.completed) == (logged[trial.trial_id].status,
+                                                                   logged[trial.trial_id].retries,
+                                                                   logged[trial.trial_id].completed)  # fmt: skip
+        assert trial.error == logged[trial.trial_id].error
+    failed_record = logged[rows["image-only"]["trial_id"]]
+    assert "/nonexistent/weights.pth" in failed_record.failure and "Failure #" not in failed_record.failure
 
 
 def experiment_statuses(experiment: Path) -> dict[str, str]:
-    """Trial id -> status in Tune's newest saved experiment state."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
-        return {}
+    """Trial id -> status in Tune's newest saved experiment state (empty until Tune saved one)."""
     try:
-        state = json.loads(states[-1].read_text())
-    except (OSError, json.JSONDecodeError):
+        return {trial.trial_id: trial.status for trial in ExperimentAnalysis(str(experiment)).trials}
+    except Exception:  # none saved yet (ValueError), or the driver is writing it right now
         return {}
-    trials = [json.loads(trial_json) for trial_json, _ in state["trial_data"]]
-    return {trial["trial_id"]: trial["status"] for trial in trials}
 
 
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_cluster):
+    # The search: its state lives in Tune's searcher and in its stored Optuna study, both of which must resume.
     arguments = study_arguments(tmp_path, "resumable", "--address", ray_cluster.address, "--max-concurrent", "1")
-    script = str(PROJECT_ROOT / "studies" / "layer_sweep.py")
+    script = str(PROJECT_ROOT / "studies" / "search.py")
     experiment = tmp_path / "tune" / "resumable"
     with (tmp_path / "first.log").open("w") as log:
         driver = subprocess.Popen([sys.executable, script, *arguments], stdout=log, stderr=subprocess.STDOUT)
@@ -262,8 +318,18 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_
     rows = read_trials_csv(experiment)
     assert sorted(row["trial_id"] for row in rows) == sorted(experiment_statuses(experiment))
     assert len(rows) == 3 and {row["status"] for row in rows} == {"TERMINATED"}
-    # Finished trials need no checkpoint once the study is over.
-    assert not list(experiment.glob("trial_*/checkpoint_*"))
+    # Finished trials need no checkpoint once the study is over, but for the best model's.
+    best = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())
+    best_trial = MlflowClient(best["tracking_uri"]).get_run(best["parent_run_id"]).data.tags["clmlf.best_trial_id"]
+    assert [path.parent.name for path in experiment.glob("trial_*/checkpoint_*")] == [f"trial_{best_trial}"]
+    # The stored Optuna study went on with the searcher: one completed trial per Tune trial, none left running (a
+    # trial asked for by the killed driver that never ran is marked failed).
+    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(trial.value for trial in completed) == pytest.approx(
+        sorted(float(row["selected/dev/score"]) for row in rows)
+    )
+    assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
     for trial_id, results in finished_results.items():
         assert result_rows(experiment / f"trial_{trial_id}") == results
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -274,4 +340,32 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_
         steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(SMOKE_EPOCHS))
     assert client.get_run(parent_run_id(experiment)).info.status == "FINISHED"
-    assert TrainConfig.from_flat_dict(json.loads((experiment / common.BEST_CONFIG_FILE).read_text()))
+    assert TrainConfig.from_flat_dict(json.loads((experiment / storage.BEST_CONFIG_FILE).read_text()))
+
+
+@pytest.mark.slow
+def test_the_live_view_shows_dev_score_epoch_and_phase_first_and_names_the_best_trial(smoke_search):
+    # Every update of the live view in the search's printed output: a status line, the best trial so far, a table.
+    lines = smoke_search.log.splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith("trials: ")]
+    assert starts, smoke_search.log[-3000:]
+    for start in starts:
+        assert lines[start + 1].startswith("best so far: ")
+        assert lines[start + 2].split()[:6] == ["trial", "status", "dev", "score", "epoch", "phase"]
+    # At the end: every trial finished both phases, and the best one is the trial with the best dev score.
+    final = lines[starts[-1] : starts[-1] + 3 + search.SMOKE_SAMPLES]
+    rows = read_trials_csv(smoke_search.folder)
+    best_score = max(float(row["selected/dev/score"]) for row in rows)
+    best_ids = {row["trial_id"] for row in rows if float(row["selected/dev/score"]) == best_score}
+    assert re.match(r"best so far: trial (\S+) \(", final[1]).group(1) in best_ids
+    assert f"dev score {best_score:.4f}" in final[1]
+    shown = {}
+    for row in final[3:]:
+        trial_id, status, dev_score, epoch, phase = row.split()[:5]
+        assert (status, epoch, phase) == ("TERMINATED", f"{SMOKE_EPOCHS}/{SMOKE_EPOCHS}", "fine-tune")
+        shown[trial_id] = float(dev_score)
+    # The dev score column is each trial's last epoch's dev score.
+    last_scores = {row["trial_id"]: result_rows(smoke_search.folder / f"trial_{row['trial_id']}")[-1] for row in rows}
+    assert shown == pytest.approx({trial_id: last["dev/score"] for trial_id, last in last_scores.items()}, abs=1e-4)
+    # Test numbers are not shown while trials run.
+    assert "test" not in "\n".join(lines[start + 2] for start in starts)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import ray
+import torch
+from conftest import SMOKE_SEARCH_NAME
 from mlflow.tracking import MlflowClient
 
 from clmlf.config import TrainConfig, build_config
-from studies import common, layer_sweep, search
-from tracking import train_run
-from tracking.mlflow_logging import (
-    child_runs,
-    classification_report,
-    error_summary,
-    latest_failure,
-    trainer_metrics,
-)
+from studies import cli, layer_sweep, search
+from tracking import storage, train_run
+from tracking.mlflow_logging import classification_report, runs_page, trainer_metrics
+from tracking.results.mlflow_runs import child_runs
+from tracking.results.record import describe_values, error_summary, latest_failure
 
-SMOKE_EPOCHS = common.SMOKE_OVERRIDES["frozen_text_epochs"] + common.SMOKE_OVERRIDES["finetune_epochs"]
+SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]
 CHILD_ARTIFACTS = {"config.json", "confusion_matrix_dev.png", "confusion_matrix_test.png", "classification_report.json"}
 CHILD_TAGS = ("clmlf.study", "clmlf.study_name", "clmlf.dataset", "clmlf.variant", "clmlf.trial_id", "clmlf.seed",
-              "clmlf.node", "clmlf.device", "clmlf.git_commit", "clmlf.status", "clmlf.retries")  # fmt: skip
+              "clmlf.node", "clmlf.device", "clmlf.status", "clmlf.retries", "mlflow.source.name",
+              "mlflow.source.type", "mlflow.user")  # fmt: skip
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
@@ -79,37 +86,56 @@ def test_an_unreachable_tracking_server_fails_fast_before_ray_starts(
     assert not (tmp_path / "tune" / "offline").exists()
 
 
+def download(tracking_uri: str, destination: Path, **which: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(dst_path=str(destination), tracking_uri=tracking_uri, **which))
+
+
+def trial_files(experiment: Path) -> dict[str, tuple[dict, list[dict]]]:
+    """Trial id -> (its Tune config from params.json, its rows of result.json)."""
+    return {
+        path.name.removeprefix("trial_"): (
+            json.loads((path / "params.json").read_text()),
+            [json.loads(line) for line in (path / "result.json").read_text().splitlines() if line.strip()],
+        )
+        for path in experiment.glob("trial_*")
+    }
+
+
 @pytest.mark.slow
-def test_a_study_logs_a_parent_run_and_one_child_run_per_trial(tmp_path, ray_cluster, mlflow_server):
-    arguments = [
-        "--smoke-test",
-        "--address", ray_cluster.address,
-        "--storage-path", str(tmp_path / "tune"),
-        "--name", "tracked",
-        "--tracking-uri", mlflow_server,
-    ]  # fmt: skip
-    assert search.main(arguments) == 0
-    experiment = tmp_path / "tune" / "tracked"
+def test_a_server_named_in_mlflow_tracking_uri_receives_a_study_run_on_the_ray_address(
+    smoke_search, mlflow_server, ray_cluster
+):
+    # The driver had no --tracking-uri and no --address: only MLFLOW_TRACKING_URI and RAY_ADDRESS named them.
+    parent = json.loads((smoke_search.folder / storage.PARENT_RUN_FILE).read_text())
+    assert parent["tracking_uri"] == mlflow_server
+    assert not (smoke_search.cwd / "mlflow.db").exists()
+    runs = child_runs(mlflow_server, parent["parent_run_id"])
+    trials = trial_files(smoke_search.folder)
+    assert sorted(run.data.tags["clmlf.trial_id"] for run in runs) == sorted(trials) and len(trials) == 3
+    for _, rows in trials.values():
+        assert {row["trial/node_id"] for row in rows} <= set(ray_cluster.gpu_node_ids)
+
+
+@pytest.mark.slow
+def test_a_study_logs_a_parent_run_and_one_child_run_per_trial(smoke_search, mlflow_server):
+    experiment = smoke_search.folder
     client = MlflowClient(mlflow_server)
-    assert client.get_experiment_by_name("clmlf/search/demo") is not None
-    parent_id = json.loads((experiment / common.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    mlflow_experiment = client.get_experiment_by_name("clmlf/search/demo")
+    assert mlflow_experiment is not None
+    parent_id = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
     parent = client.get_run(parent_id)
-    assert parent.info.run_name == "tracked" and parent.info.status == "FINISHED"
+    assert parent.info.run_name == SMOKE_SEARCH_NAME and parent.info.status == "FINISHED"
     assert {key: parent.data.tags[key] for key in ("clmlf.role", "clmlf.study", "clmlf.study_name")} == {
         "clmlf.role": "study",
         "clmlf.study": "search",
-        "clmlf.study_name": "tracked",
+        "clmlf.study_name": SMOKE_SEARCH_NAME,
     }
     assert parent.data.params["study.num_samples"] == "None"
     assert parent.data.params["study.smoke_test"] == "True"
-    assert "search_space.json" in artifact_names(client, parent_id)
 
-    trial_params = {
-        path.name.removeprefix("trial_"): json.loads((path / "params.json").read_text())
-        for path in experiment.glob("trial_*")
-    }
+    trials = trial_files(experiment)
     runs = child_runs(mlflow_server, parent_id)
-    assert sorted(run.data.tags["clmlf.trial_id"] for run in runs) == sorted(trial_params)
+    assert sorted(run.data.tags["clmlf.trial_id"] for run in runs) == sorted(trials)
     all_keys = set(TrainConfig().to_flat_dict())
     for run in runs:
         tags = run.data.tags
@@ -118,22 +144,132 @@ def test_a_study_logs_a_parent_run_and_one_child_run_per_trial(tmp_path, ray_clu
         assert (tags["clmlf.status"], tags["clmlf.retries"], tags["clmlf.device"]) == ("TERMINATED", "0", "cpu")
         assert run.info.status == "FINISHED"
         assert set(run.data.params) == all_keys
-        for key, value in trial_params[tags["clmlf.trial_id"]].items():
+        params, _ = trials[tags["clmlf.trial_id"]]
+        for key, value in params.items():
             assert run.data.params[key] == str(value)
         history = client.get_metric_history(run.info.run_id, "dev/score")
         assert sorted(metric.step for metric in history) == list(range(SMOKE_EPOCHS))
         assert artifact_names(client, run.info.run_id) >= CHILD_ARTIFACTS
 
+    # One seed per sampled configuration: the best trial is one with the best dev score (there may be ties).
     scores = {run.data.tags["clmlf.trial_id"]: run.data.metrics["selected/dev/score"] for run in runs}
-    best = max(scores, key=scores.get)
-    assert parent.data.tags["clmlf.best_trial_id"] == best
+    best = parent.data.tags["clmlf.best_trial_id"]
+    assert scores[best] == max(scores.values())
     assert parent.data.metrics["best/selected/dev/score"] == pytest.approx(scores[best])
+    best_run = next(run for run in runs if run.data.tags["clmlf.trial_id"] == best)
+    assert parent.data.metrics["best/selected/test/acc"] == pytest.approx(best_run.data.metrics["selected/test/acc"])
+
+
+@pytest.mark.slow
+def test_runs_are_named_by_what_they_try_and_carry_mlflow_source_tags(smoke_search, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("clmlf/search/demo")
+    # The UI's experiment kind for training runs, the primary metric, and the study page's question as description.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "selected/dev/score"
+    question = next(paragraph for paragraph in search.__doc__.split("\n\n") if paragraph.startswith("Question:"))
+    assert " ".join(question.split()) in experiment.tags["mlflow.note.content"]
+    assert search.__doc__.splitlines()[0] in experiment.tags["mlflow.note.content"]
+
+    parent_id = json.loads((smoke_search.folder / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    trials = trial_files(smoke_search.folder)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    for run in [client.get_run(parent_id), *child_runs(mlflow_server, parent_id)]:
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "studies/search.py" and tags["mlflow.source.type"] == "LOCAL"
+        if commit.returncode == 0:
+            assert tags["mlflow.source.git.commit"] == commit.stdout.strip()
+        assert "clmlf.git_commit" not in tags
+        if run.info.run_id != parent_id:
+            params, _ = trials[tags["clmlf.trial_id"]]
+            # e.g. "tau=0.117 lbcl=1.43 ... fusion=6 image=2 dropout=0.238 lbcl_variant=original"
+            assert run.info.run_name == describe_values(params)
+            assert f"fusion={params['model.fusion_layers']}" in run.info.run_name
+
+
+@pytest.mark.slow
+def test_the_parent_run_holds_the_study_outputs_and_the_best_model_loads(smoke_search, mlflow_server, tmp_path):
+    from clmlf.train import Run
+
+    folder = smoke_search.folder
+    client = MlflowClient(mlflow_server)
+    parent_id = json.loads((folder / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert artifact_names(client, parent_id) >= {"best_config.json", "trials.csv", "search_space.json", "report"}
+    report = {artifact.path for artifact in client.list_artifacts(parent_id, "report/demo")}
+    assert report >= {
+        f"report/demo/{name}" for name in ("report.html", "summary.csv", "summary.md", "best_config.json")
+    }
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent_id, dst_path=str(tmp_path / "parent"), tracking_uri=mlflow_server
+        )
+    )
+    assert json.loads((downloaded / "best_config.json").read_text()) == json.loads(
+        (folder / storage.BEST_CONFIG_FILE).read_text()
+    )
+    assert (downloaded / "trials.csv").read_text() == (folder / storage.TRIALS_FILE).read_text()
+
+    # The best trial's model: its checkpoint at the selected epoch, in its child run, with a README beside it.
+    best = parent.data.tags["clmlf.best_trial_id"]
+    (best_run,) = [run for run in child_runs(mlflow_server, parent_id) if run.data.tags["clmlf.trial_id"] == best]
+    assert parent.data.tags["clmlf.best_model"] == f"runs:/{best_run.info.run_id}/model"
+    model_uri = parent.data.tags["clmlf.best_model"]
+    model = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(tmp_path / "model"), tracking_uri=mlflow_server
+        )
+    )
+    assert "python -m clmlf.evaluate" in (model / "README.md").read_text()
+    state = torch.load(model / "state.pt", map_location="cpu", weights_only=False)
+    _, rows = trial_files(folder)[best]
+    assert state["epoch"] == rows[-1]["selected/epoch"]
+    assert state["config"] == {
+        **json.loads((folder / storage.BASE_CONFIG_FILE).read_text()),
+        **trial_files(folder)[best][0],
+    }
+    # Loaded into the trainer, it scores on dev what the trial reported for its selected epoch.
+    run = Run(TrainConfig.from_flat_dict(state["config"]), log=lambda line: None)
+    run.load_state(state, model / "state.pt")
+    dev, _ = run.evaluate("dev", state["epoch"])
+    assert dev["dev/score"] == pytest.approx(best_run.data.metrics["selected/dev/score"], abs=1e-6)
+    # Only that checkpoint is left in the study folder (finished trials' others are deleted).
+    assert [path.parent.name for path in folder.glob("trial_*/checkpoint_*")] == [f"trial_{best}"]
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_opens_the_study_on_its_training_runs(smoke_search, mlflow_server, tmp_path):
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing; CI installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("clmlf/search/demo")
+    link = runs_page(mlflow_server, experiment.experiment_id)
+    assert f"its training runs: {link}" in smoke_search.log
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=30000", "--dump-dom", link,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    page = html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", result.stdout, flags=re.S)))
+    page = " ".join(page.split())
+    assert page, f"no DOM dumped; chromium said: {result.stderr[-2000:]}"
+    # The runs table of the experiment: the parent run and its child runs, under the study's question.
+    assert f"Runs - Experiment {experiment.experiment_id} - MLflow" in page
+    parents = client.search_runs([experiment.experiment_id], "tags.`clmlf.role` = 'study'")
+    children = client.search_runs([experiment.experiment_id], "tags.`clmlf.role` = 'trial'")
+    assert f"{len(parents) + len(children)} matching runs" in page
+    assert SMOKE_SEARCH_NAME in page
+    assert search.__doc__.splitlines()[0] in page
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_a_standalone_training_run_is_logged_like_a_trial(tmp_path, mlflow_server, clmlf_cache_dir):
     output = tmp_path / "standalone"
-    overrides = [f"--set={key}={value}" for key, value in common.SMOKE_OVERRIDES.items()]
+    overrides = [f"--set={key}={value}" for key, value in cli.SMOKE_OVERRIDES.items()]
     status = train_run.main(["--preset", "tiny", *overrides, "--output", str(output), "--tracking-uri", mlflow_server])
     assert status == 0
     client = MlflowClient(mlflow_server)
@@ -142,7 +278,7 @@ def test_a_standalone_training_run_is_logged_like_a_trial(tmp_path, mlflow_serve
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["clmlf.status"] == "TERMINATED"
-    expected = build_config("demo", "tiny", dict(common.SMOKE_OVERRIDES)).to_flat_dict()
+    expected = build_config("demo", "tiny", dict(cli.SMOKE_OVERRIDES)).to_flat_dict()
     assert run.data.params == {key: str(value) for key, value in expected.items()}
     steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(SMOKE_EPOCHS))

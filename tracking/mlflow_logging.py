@@ -1,40 +1,60 @@
-"""MLflow logging of studies and training runs in the layout of CONTRACTS.md ("MLflow layout").
+"""MLflow logging of studies and training runs.
 
 A study is one experiment `clmlf/<study>/<dataset>` holding one parent run per study execution and one nested
-child run per Tune trial. Everything is written from the driver: a `ray.tune.Callback` turns the results that
-Tune already collects into child runs, so trials on worker nodes need no MLflow access and a local SQLite file
-never has two writers. `RunRecorder` logs one training run (a trial's child run or a standalone run) and is
-shared by both.
+child run per Tune trial (written by `tracking.study_callback` from the driver); a standalone training run is one
+run in `clmlf/standalone/<dataset>`. `RunRecorder` logs one training run, a trial's child run or a standalone run,
+in the same way: the full flat config as params, per-epoch metrics (step = epoch), the selected epoch's artifacts.
+
+What the MLflow UI reads is set the way MLflow sets it: the experiment-kind tag, the description
+(`mlflow.note.content`), the primary metric, and the standard source tags of every run (`mlflow.source.name`,
+`.type`, `.git.commit`, `mlflow.user`). `runs_page` is the address that opens an experiment on its training runs.
 """
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, SourceType
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER,
+    MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
+
+from tracking.results.record import (
+    OVERALL_METRICS,
+    RANKING_METRIC,
+    RANKING_MODE,
+    SELECTED_SPLITS,
+    clean_error,
+    latest_failure,
+)
+from tracking.uri import TrackingUnavailable, hide_password
 
 # The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
-ERROR_TAG_CHARACTERS = 5000
 # MLflow refuses longer parameter values; the flat config never comes near it, study arguments might.
 PARAM_VALUE_CHARACTERS = 6000
-SELECTED_SPLITS = ("dev", "test")
-OVERALL_METRICS = ("acc", "f1_weighted", "f1_macro")
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking URI cannot be used; the message names it."""
+# The experiment tag that says what an experiment holds: the value is the UI's "Machine learning" kind (MLflow 3.x
+# UIs without the per-browser view switch open such an experiment on its runs; see runs_page for 3.17).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The best trial's model: its checkpoint at the epoch selected on dev, an artifact folder of its child run.
+MODEL_ARTIFACT = "model"
 
 
 @contextmanager
@@ -88,13 +108,54 @@ def git_commit() -> str:
     return completed.stdout.strip() if completed.returncode == 0 else "unknown"
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
+def source_tags(source_name: str, commit: str) -> dict[str, str]:
+    """MLflow's standard source tags: the code that ran (a path in the repository), how, at which commit (from
+    `git_commit`), by whom."""
+    tags = {
+        MLFLOW_SOURCE_NAME: source_name,
+        MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+        MLFLOW_USER: getpass.getuser(),
+    }
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def ensure_experiment(client: MlflowClient, name: str, description: str) -> str:
+    """The experiment (created, or restored if deleted), marked as one of training runs and described."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    else:
+        experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+            client.restore_experiment(experiment_id)
+    tags = {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        MLFLOW_RUN_NOTE: description,
+        MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME: RANKING_METRIC,
+        MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER: str(RANKING_MODE == "max"),
+    }
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
+
+
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """The UI's page of an experiment's training runs, under the server's address (for a local store, under that of
+    `mlflow ui`). MLflow 3.17's UI chooses between its GenAI and its model-training views per browser (`workflowType`,
+    remembered from the switch at the top of its sidebar), not per experiment: the link names the view."""
+    server = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def study_description(study: str, dataset: str, question: str) -> str:
+    """An experiment's description (Markdown): what its study asks, on which data set, and how its runs are laid out."""
+    return (
+        f"{question.strip()}\n\nData set: {dataset}. One parent run per execution of `studies/{study}.py` (its "
+        "report, best config and summaries are its artifacts), one child run per trial, named by the values it "
+        f"tries. Runs are ranked on `{RANKING_METRIC}`; test numbers never rank anything."
+    )
 
 
 def trainer_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -108,7 +169,8 @@ def trainer_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def typed_flat_config(flat_config: dict[str, Any]) -> dict[str, Any]:
-    """The flat config as `TrainConfig.to_flat_dict()` writes it: every key, typed values."""
+    """The flat config as `TrainConfig.to_flat_dict()` writes it (every key, typed values), or as it is where it
+    does not validate: a failed trial's run still shows what it ran with."""
     from clmlf.config import ConfigError, TrainConfig
 
     try:
@@ -171,16 +233,6 @@ def confusion_matrix_figure(matrix: list[list[int]], label_names: list[str], tit
     return figure
 
 
-def error_summary(error_text: str) -> str:
-    """The last exception line of a traceback (`module.Error: message`), for tables and tags."""
-    lines = [line.strip() for line in error_text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        head = line.split(":", 1)[0]
-        if head.endswith(("Error", "Exception", "Unavailable", "Interrupt", "Exit")) and " " not in head:
-            return line
-    return lines[-1] if lines else ""
-
-
 @dataclass
 class RunRecorder:
     """Logs one training run into an existing MLflow run: per-epoch metrics, then the selected epoch's artifacts.
@@ -195,6 +247,13 @@ class RunRecorder:
     dataset: str
     logged_epochs: set[int] = field(default_factory=set)
     selected: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_id: str, dataset: str) -> RunRecorder:
+        """Continue an existing run (a resumed trial or training): the epochs it logged are not logged again."""
+        logged = {int(metric.step) for metric in client.get_metric_history(run_id, RANKING_METRIC)}
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id, dataset, logged)
 
     def log_epoch(self, result: dict[str, Any], epoch: int) -> None:
         if "test/confusion_matrix" in result:
@@ -236,7 +295,14 @@ class RunRecorder:
             self.run_id, classification_report(self.selected, label_names), "classification_report.json"
         )
 
-    def finish(self, status: str) -> None:
+    def close(self, flat_config: dict[str, Any], error: str | None = None, status: str = "FINISHED") -> None:
+        """The outcome (`log_outcome`), the clmlf.status tag (TERMINATED, or ERROR with the error's text) and the
+        run's end status (FINISHED, FAILED or KILLED)."""
+        self.log_outcome(flat_config)
+        if error is None:
+            self.set_tags({"clmlf.status": "TERMINATED"})
+        else:
+            self.set_tags({"clmlf.status": "ERROR", "clmlf.error": clean_error(latest_failure(error))})
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -263,32 +329,85 @@ def start_study_run(
     dataset: str,
     arguments: dict[str, Any],
     search_space: dict[str, Any],
+    question: str,
 ) -> StudyRun:
     """Create the experiment (if new) and the study's parent run, with its arguments and search space."""
     client = MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(client, experiment_name(study, dataset))
+    description = study_description(study, dataset, question)
+    experiment_id = ensure_experiment(client, experiment_name(study, dataset), description)
     commit = git_commit()
     run = client.create_run(
         experiment_id,
         run_name=study_name,
         tags={
+            **source_tags(study_source(study), commit),
             "clmlf.role": "study",
             "clmlf.study": study,
             "clmlf.study_name": study_name,
             "clmlf.dataset": dataset,
-            "clmlf.git_commit": commit,
         },
     )
-    params = [Param(f"study.{key}", str(value)[:PARAM_VALUE_CHARACTERS]) for key, value in sorted(arguments.items())]
+    # A database or server URL in the arguments may hold a password; an MLflow server shows params to everyone.
+    params = [
+        Param(f"study.{key}", hide_password(str(value))[:PARAM_VALUE_CHARACTERS])
+        for key, value in sorted(arguments.items())
+    ]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
     client.log_dict(run.info.run_id, search_space, "search_space.json")
     return StudyRun(tracking_uri, experiment_id, run.info.run_id, study, study_name, dataset, commit)
 
 
+def study_source(study: str) -> str:
+    """The study page that ran, as `mlflow.source.name` (whether started as a script or a console command)."""
+    return f"studies/{study}.py"
+
+
+def tag_study_run(study_run: StudyRun, tags: dict[str, str]) -> None:
+    MlflowClient(study_run.tracking_uri).log_batch(
+        study_run.parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()]
+    )
+
+
 def reopen_study_run(study_run: StudyRun) -> None:
     """Mark a resumed study's parent run as running again."""
     MlflowClient(study_run.tracking_uri).update_run(study_run.parent_run_id, status="RUNNING")
+
+
+def trial_run_id(study_run: StudyRun, trial_id: str) -> str | None:
+    """The child run of a trial of the study, or None."""
+    runs = MlflowClient(study_run.tracking_uri).search_runs(
+        [study_run.experiment_id],
+        filter_string=(
+            f"tags.`clmlf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'"
+        ),
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_study_outputs(study_run: StudyRun, texts: dict[str, str], folders: dict[str, Path]) -> None:
+    """The study's outputs as artifacts of its parent run: files given by their text, and whole folders."""
+    client = MlflowClient(study_run.tracking_uri)
+    for artifact_file, text in texts.items():
+        client.log_text(study_run.parent_run_id, text, artifact_file)
+    for artifact_path, folder in folders.items():
+        client.log_artifacts(study_run.parent_run_id, str(folder), artifact_path)
+
+
+def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, readme: Callable[[str], str]) -> str | None:
+    """The best trial's checkpoint with a README that says how to load it (`readme` of the model's URI), as the
+    folder `model` of the trial's child run; the parent run's tag `clmlf.best_model` points at it. Returns the URI
+    (runs:/<run>/model)."""
+    run_id = trial_run_id(study_run, trial_id)
+    if run_id is None:
+        return None
+    client = MlflowClient(study_run.tracking_uri)
+    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    client.log_artifacts(run_id, str(checkpoint), MODEL_ARTIFACT)
+    client.log_text(run_id, readme(uri), f"{MODEL_ARTIFACT}/README.md")
+    client.set_tag(study_run.parent_run_id, "clmlf.best_model", uri)
+    return uri
 
 
 def finish_study_run(
@@ -307,194 +426,3 @@ def finish_study_run(
     if metrics:
         client.log_batch(study_run.parent_run_id, metrics=metrics)
     client.set_terminated(study_run.parent_run_id, status=status)
-
-
-def child_runs(tracking_uri: str, parent_run_id: str) -> list:
-    """Every trial run nested under a study's parent run (all pages)."""
-    client = MlflowClient(tracking_uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-class MlflowStudyCallback(Callback):
-    """Driver-side Tune callback: one nested MLflow child run per trial, found again by tag on resume.
-
-    Logging problems are reported on stderr and never stop the study: losing a metric must not lose a trial.
-    """
-
-    def __init__(self, study_run: StudyRun, base_config: dict[str, Any]):
-        self.study_run = study_run
-        self.base_config = dict(base_config)
-        self._client: MlflowClient | None = None
-        self._recorders: dict[str, RunRecorder] = {}
-        self._retries: dict[str, int] = {}
-        self._placement: dict[str, tuple[str, str]] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles the run config (tuner.pkl); clients and recorders are rebuilt after a restore.
-        return {"study_run": self.study_run, "base_config": self.base_config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["study_run"], state["base_config"])
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.study_run.tracking_uri)
-        return self._client
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "recorders": {
-                trial_id: {
-                    "run_id": recorder.run_id,
-                    "logged_epochs": sorted(recorder.logged_epochs),
-                    "selected": recorder.selected,
-                }
-                for trial_id, recorder in self._recorders.items()
-            },
-            "retries": dict(self._retries),
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._retries = dict(state.get("retries", {}))
-        for trial_id, saved in state.get("recorders", {}).items():
-            self._recorders[trial_id] = RunRecorder(
-                self.client,
-                saved["run_id"],
-                self.study_run.dataset,
-                set(saved["logged_epochs"]),
-                dict(saved["selected"]),
-            )
-
-    def full_config(self, trial) -> dict[str, Any]:
-        """The trial's Tune config holds only its searched values; the base config holds the rest."""
-        return {**self.base_config, **trial.config}
-
-    def _guarded(self, what: str, trial, action) -> None:
-        try:
-            action()
-        except Exception as error:  # tracking must never take a study down
-            print(
-                f"warning: MLflow logging failed ({what}, trial {trial.trial_id}, {self.study_run.tracking_uri}): "
-                f"{type(error).__name__}: {error}",
-                file=sys.stderr,
-            )
-
-    def _recorder(self, trial) -> RunRecorder:
-        recorder = self._recorders.get(trial.trial_id)
-        if recorder is not None:
-            return recorder
-        study_run = self.study_run
-        existing = self.client.search_runs(
-            [study_run.experiment_id],
-            filter_string=(
-                f"tags.`clmlf.trial_id` = '{trial.trial_id}' "
-                f"and tags.`mlflow.parentRunId` = '{study_run.parent_run_id}'"
-            ),
-            max_results=1,
-        )
-        if existing:
-            run_id = existing[0].info.run_id
-            recorder = RunRecorder(self.client, run_id, study_run.dataset)
-            recorder.logged_epochs = {
-                int(metric.step) for metric in self.client.get_metric_history(run_id, "selected/dev/score")
-            }
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            config = self.full_config(trial)
-            run = self.client.create_run(
-                study_run.experiment_id,
-                run_name=trial.trial_id,
-                tags={
-                    "mlflow.parentRunId": study_run.parent_run_id,
-                    "clmlf.role": "trial",
-                    "clmlf.study": study_run.study,
-                    "clmlf.study_name": study_run.study_name,
-                    "clmlf.dataset": study_run.dataset,
-                    "clmlf.variant": str(config.get("model.variant", "")),
-                    "clmlf.trial_id": trial.trial_id,
-                    "clmlf.seed": str(config.get("seed", "")),
-                    "clmlf.git_commit": study_run.git_commit,
-                    "clmlf.status": "RUNNING",
-                    "clmlf.retries": str(self._retries.get(trial.trial_id, 0)),
-                },
-            )
-            recorder = RunRecorder(self.client, run.info.run_id, study_run.dataset)
-            recorder.log_params(config)
-        self._recorders[trial.trial_id] = recorder
-        return recorder
-
-    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._guarded("start", trial, lambda: self._recorder(trial))
-
-    def on_trial_restore(self, iteration: int, trials: list, trial, **info) -> None:
-        self._guarded("restore", trial, lambda: self._recorder(trial))
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        def log() -> None:
-            recorder = self._recorder(trial)
-            placement = (str(result.get("trial/node", "")), str(result.get("trial/device", "")))
-            if placement != self._placement.get(trial.trial_id):
-                recorder.set_tags({"clmlf.node": placement[0], "clmlf.device": placement[1]})
-                self._placement[trial.trial_id] = placement
-            recorder.log_epoch(result, int(result.get("epoch", result.get("training_iteration", 1) - 1)))
-
-        self._guarded("result", trial, log)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        def finish() -> None:
-            recorder = self._recorder(trial)
-            recorder.log_outcome(self.full_config(trial))
-            recorder.set_tags({"clmlf.status": "TERMINATED"})
-            recorder.finish("FINISHED")
-
-        self._guarded("complete", trial, finish)
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        def fail() -> None:
-            recorder = self._recorder(trial)
-            error = latest_failure(trial_error_text(trial))
-            recorder.log_outcome(self.full_config(trial))
-            recorder.set_tags({"clmlf.status": "ERROR", "clmlf.error": error[:ERROR_TAG_CHARACTERS]})
-            recorder.finish("FAILED")
-
-        self._guarded("error", trial, fail)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        self._retries[trial.trial_id] = self._retries.get(trial.trial_id, 0) + 1
-
-        def count() -> None:
-            self._recorder(trial).set_tags({"clmlf.retries": str(self._retries[trial.trial_id])})
-
-        self._guarded("recover", trial, count)
-
-
-def trial_error_text(trial) -> str:
-    """The trial's error file as Tune wrote it on the driver (every failure, oldest first)."""
-    path = trial.error_file
-    if path and Path(path).is_file():
-        return Path(path).read_text(errors="replace")
-    # With remote storage the driver's staging copy may be gone; Tune also keeps it with the trial.
-    return trial.get_error() or "unknown error (Tune wrote no error file)"
-
-
-def latest_failure(error_text: str) -> str:
-    """Tune appends `Failure # n (occurred at ...)` sections; the last one is the error that ended the trial."""
-    marker = "Failure # "
-    position = error_text.rfind(marker)
-    if position < 0:
-        return error_text.strip()
-    section = error_text[position:]
-    return section.split("\n", 1)[1].strip() if "\n" in section else section.strip()

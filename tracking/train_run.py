@@ -16,44 +16,29 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
 from clmlf.config import ConfigError
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
-from clmlf.train import (
-    CHECKPOINT_FILE,
-    CheckpointMismatch,
-    config_from_arguments,
-    parse_arguments,
-    resolve_device,
-    train,
-)
-from tracking.mlflow_logging import (
-    ERROR_TAG_CHARACTERS,
-    RunRecorder,
-    TrackingUnavailable,
-    check_tracking_uri,
-    ensure_experiment,
-    experiment_name,
-    git_commit,
-)
-from tracking.uri import default_tracking_uri
+from clmlf.train_command import parse_arguments
+from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, resolve_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 STUDY = "standalone"
-TRACKING_HELP = "MLflow tracking URI (default $CLMLF_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
 
 
 def main(argv: list[str] | None = None) -> int:
     tracking_parser = argparse.ArgumentParser(add_help=False)
-    tracking_parser.add_argument("--tracking-uri", help=TRACKING_HELP)
+    tracking_parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     tracking_arguments, rest = tracking_parser.parse_known_args(argv)
     if {"-h", "--help"} & set(rest):
         print("python -m tracking.train_run: the options of clmlf.train below, and")
-        print(f"  --tracking-uri URI  {TRACKING_HELP}\n")
+        print(f"  --tracking-uri URI  {TRACKING_URI_HELP}\n")
     arguments = parse_arguments(rest)
-    tracking_uri = tracking_arguments.tracking_uri or default_tracking_uri()
+    # The trainer and MLflow are imported once the arguments are parsed.
+    from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, config_from_arguments, train
+    from tracking.mlflow_logging import check_tracking_uri, experiment_name
+
+    tracking_uri = resolve_tracking_uri(tracking_arguments.tracking_uri)
     try:
         config = config_from_arguments(arguments)
         check_tracking_uri(tracking_uri)
@@ -72,41 +57,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(config, report, output_dir=output, resume_from=resume_from, progress=True)
     except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch) as error:
-        close_failed(recorder, config.to_flat_dict(), str(error), "FAILED")
+        recorder.close(config.to_flat_dict(), error=str(error), status="FAILED")
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        close_failed(recorder, config.to_flat_dict(), "interrupted", "KILLED")
+        recorder.close(config.to_flat_dict(), error="interrupted", status="KILLED")
         raise
     except Exception:
-        close_failed(recorder, config.to_flat_dict(), traceback.format_exc(), "FAILED")
+        recorder.close(config.to_flat_dict(), error=traceback.format_exc(), status="FAILED")
         raise
-    recorder.log_outcome(result.config)
-    recorder.set_tags({"clmlf.status": "TERMINATED"})
-    recorder.finish("FINISHED")
+    recorder.close(result.config)
     print(f"selected epoch {result.selected_epoch + 1}: dev score {result.dev['dev/score']:.4f}")
     return 0
 
 
-def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resume: bool) -> RunRecorder:
-    """A new run, or with --resume the run that the output folder's earlier training logged to."""
+def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resume: bool):
+    """A new run (a RunRecorder), or with --resume the run that the output folder's earlier training logged to."""
+    from mlflow.tracking import MlflowClient
+
+    from clmlf.train import resolve_device
+    from tracking.mlflow_logging import RunRecorder, ensure_experiment, experiment_name, git_commit, source_tags
+
     client = MlflowClient(tracking_uri)
     dataset = flat_config["dataset"]
     run_file = output / RUN_FILE
     if resume and run_file.is_file():
         saved = json.loads(run_file.read_text())
         if saved.get("tracking_uri") == tracking_uri:
-            recorder = RunRecorder(client, saved["run_id"], dataset)
-            recorder.logged_epochs = {
-                int(metric.step) for metric in client.get_metric_history(saved["run_id"], "selected/dev/score")
-            }
-            client.update_run(saved["run_id"], status="RUNNING")
-            return recorder
-    experiment_id = ensure_experiment(client, experiment_name(STUDY, dataset))
+            return RunRecorder.reopen(client, saved["run_id"], dataset)
+    description = (
+        f"Standalone training runs of CLMLF on {dataset} (`python -m tracking.train_run`), each logged like a "
+        f"study's trial. The epoch is selected on `dev/score`; test numbers are those of the selected epoch."
+    )
+    experiment_id = ensure_experiment(client, experiment_name(STUDY, dataset), description)
     run = client.create_run(
         experiment_id,
         run_name=output.resolve().name,
         tags={
+            **source_tags("tracking/train_run.py", git_commit()),
             "clmlf.role": STUDY,
             "clmlf.study": STUDY,
             "clmlf.study_name": output.resolve().name,
@@ -116,7 +104,6 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
             "clmlf.seed": str(flat_config["seed"]),
             "clmlf.node": socket.gethostname(),
             "clmlf.device": str(resolve_device(flat_config["device"])),
-            "clmlf.git_commit": git_commit(),
             "clmlf.status": "RUNNING",
             "clmlf.retries": "0",
             "clmlf.output": str(output.resolve()),
@@ -127,12 +114,6 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     output.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"tracking_uri": tracking_uri, "run_id": run.info.run_id}, indent=2))
     return recorder
-
-
-def close_failed(recorder: RunRecorder, flat_config: dict[str, Any], error: str, status: str) -> None:
-    recorder.log_outcome(flat_config)
-    recorder.set_tags({"clmlf.status": "ERROR", "clmlf.error": error[:ERROR_TAG_CHARACTERS]})
-    recorder.finish(status)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,61 @@
-"""Where MLflow runs go by default; a module of its own so that readers of runs need not import Ray."""
+"""Where MLflow runs go and which Ray cluster a study joins, by one precedence rule; a module of its own, free of
+MLflow and Ray, for command lines to import.
+
+Every setting that can come from the environment is looked up in the same order: the command-line flag, then the
+project's own variable (CLMLF_...), then the library's standard one (MLFLOW_TRACKING_URI, RAY_ADDRESS), then the
+default. The project's variable comes first so that a cluster's setup can point studies somewhere without changing
+what other tools on the same machine use.
+"""
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
-TRACKING_URI_VARIABLE = "CLMLF_TRACKING_URI"
+TRACKING_URI_VARIABLES = ("CLMLF_TRACKING_URI", "MLFLOW_TRACKING_URI")
+RAY_ADDRESS_VARIABLES = ("CLMLF_RAY_ADDRESS", "RAY_ADDRESS")
 
 
-def default_tracking_uri() -> str:
-    """`$CLMLF_TRACKING_URI`, else a SQLite file `mlflow.db` in the current folder (no server needed)."""
-    return os.environ.get(TRACKING_URI_VARIABLE) or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+class TrackingUnavailable(RuntimeError):
+    """The tracking URI cannot be used; the message names it."""
+
+
+def setting(flag: str | None, variables: tuple[str, ...], default: str | None) -> str | None:
+    """The flag, else the first of the variables that is set and not empty, else the default."""
+    if flag:
+        return flag
+    return next((os.environ[name] for name in variables if os.environ.get(name)), default)
+
+
+def local_tracking_uri() -> str:
+    """A SQLite file `mlflow.db` in the current folder: MLflow without a server."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(flag: str | None = None) -> str:
+    """--tracking-uri, else $CLMLF_TRACKING_URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db."""
+    return setting(flag, TRACKING_URI_VARIABLES, None) or local_tracking_uri()
+
+
+def resolve_ray_address(flag: str | None = None) -> str | None:
+    """--address, else $CLMLF_RAY_ADDRESS, else $RAY_ADDRESS, else None (a local Ray started by the command)."""
+    return setting(flag, RAY_ADDRESS_VARIABLES, None)
+
+
+def hide_password(text: str) -> str:
+    """A URL with its password replaced by ***, for MLflow and printed lines; anything else as it is."""
+    if "://" not in text:
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if not parts.password:
+        return text
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+TRACKING_URI_HELP = "MLflow tracking URI (default $CLMLF_TRACKING_URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+RAY_ADDRESS_HELP = (
+    "Ray cluster to join ('auto', host:port); default $CLMLF_RAY_ADDRESS, else $RAY_ADDRESS, else a local Ray started "
+    "here"
+)

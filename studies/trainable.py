@@ -1,0 +1,112 @@
+"""The trainer as a Tune trial, and the scheduler that judges trials by what they report.
+
+A trial trains the study's base config with its own values, reports every epoch with its checkpoint, and continues
+from Tune's checkpoint when it is retried or the study resumed. Only dev metrics may stop a trial.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from clmlf.config import TrainConfig
+from studies.cli import StudyInputError
+from tracking.results.record import RANKING_MODE
+
+# Reported by every trial: the time axis of the phase-aware scheduler. Tune's `training_iteration` counts
+# report() calls, which only happens to equal epochs.
+EPOCHS_COMPLETED = "epochs_completed"
+# 1 when the epoch's checkpoint holds the model of the epoch selected on dev so far, else 0. Tune keeps each trial's
+# checkpoint with the highest value (ties: the later one, i.e. the latest selection) besides its latest one, so a
+# finished trial still has the model that its selected metrics describe.
+SELECTED_CHECKPOINT = "trial/selected_checkpoint"
+
+
+def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """One Tune trial: train the base config with the trial's values, report every epoch with its checkpoint,
+    and continue from Tune's checkpoint when the trial is retried or the study resumed."""
+    import ray
+    from ray import tune
+
+    from clmlf.memory import anonymous_memory_mb
+    from clmlf.train import resolve_device, train
+    from studies.failures import final_errors_end_the_trial
+
+    with final_errors_end_the_trial():
+        train_config = TrainConfig.from_flat_dict({**base, **config})
+    placement = {
+        "trial/node": socket.gethostname(),
+        "trial/node_ip": ray.util.get_node_ip_address(),
+        "trial/node_id": ray.get_runtime_context().get_node_id(),
+        "trial/device": str(resolve_device(train_config.device)),
+        # The worker process: Tune runs several trials in one (reuse_actors), which this makes visible.
+        "trial/process": f"{socket.gethostname()}:{os.getpid()}",
+        # What earlier trials in this process left behind; trial/worker_rss_anon_mb is the same after each epoch.
+        "trial/worker_rss_anon_start_mb": anonymous_memory_mb(),
+    }
+
+    def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
+        memory = {"trial/worker_rss_anon_mb": anonymous_memory_mb()}
+        selected = {SELECTED_CHECKPOINT: float(metrics["selected/epoch"] == epoch)}
+        tune.report(
+            {**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement, **memory, **selected},
+            checkpoint=checkpoint,
+        )
+
+    checkpoint = tune.get_checkpoint()
+    # Tune copies each reported checkpoint to its storage before report() returns, so one scratch folder
+    # per trial is enough.
+    with (
+        tempfile.TemporaryDirectory(prefix="clmlf-trial-") as output,
+        checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_from,
+        final_errors_end_the_trial(),
+    ):
+        train(train_config, report, output_dir=output, resume_from=resume_from)
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def phase_aware_scheduler(
+    base: dict[str, Any],
+    grace_period: int | None = None,
+    metric: str = "dev/score",
+    time_attr: str = EPOCHS_COMPLETED,
+    reduction_factor: float = 2,
+):
+    """ASHA that judges a trial only after its text encoder was fine-tuned for at least one epoch.
+
+    The text-frozen phase says little about a configuration: a grace period that ends inside it would stop
+    trials before they really start. So the grace period is at least frozen_text_epochs + 1 epochs (its
+    default), time is counted in epochs, and only dev metrics may prune (test never decides anything).
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    config = TrainConfig.from_flat_dict(base)
+    earliest = config.frozen_text_epochs + 1
+    grace_period = earliest if grace_period is None else grace_period
+    if time_attr != EPOCHS_COMPLETED:
+        raise StudyInputError(f"scheduler time_attr {time_attr!r}: ASHA must count epochs ({EPOCHS_COMPLETED!r})")
+    if not metric.startswith("dev/"):
+        raise StudyInputError(f"scheduler metric {metric!r}: only dev metrics may stop trials (e.g. dev/score)")
+    if grace_period < earliest:
+        raise StudyInputError(
+            f"--grace-period {grace_period}: ends inside the text-frozen phase ({config.frozen_text_epochs} "
+            f"epochs); it must be >= frozen_text_epochs + 1 = {earliest}"
+        )
+    if grace_period > config.epochs:
+        raise StudyInputError(f"--grace-period {grace_period}: longer than the whole run ({config.epochs} epochs)")
+    return ASHAScheduler(
+        time_attr=time_attr,
+        metric=metric,
+        mode=RANKING_MODE,
+        max_t=config.epochs,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+    )

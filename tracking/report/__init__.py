@@ -1,0 +1,62 @@
+"""Study reports: read finished studies from MLflow and from their Tune folders (tracking/results/), rank the
+configurations by their mean dev score over seeds (never by test), and write per data set the best configuration
+(loadable by the trainer), a summary table and one self-contained HTML page with the layer curves, the loss-weight
+effects, Optuna's parameter importances, the ablation next to the paper's Table 3 and the confirmation runs next
+to its Table 1. `python -m tracking.report` is the command line (tracking/report/cli.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_study_report(
+    output_dir: Path,
+    *,
+    tracking_uri: str | None = None,
+    parent_run_ids: list[str] | None = None,
+    experiment_names: list[str] | None = None,
+    tune_dirs: list[Path] | None = None,
+) -> dict[str, Path]:
+    """Read the studies, write `<output_dir>/<dataset>/` for every data set among them; returns dataset -> folder.
+
+    MLflow is read when a tracking URI, parent runs or experiments are given, or when no Tune folder is: the
+    named parent runs' children and the named experiments' trial runs, or, when neither is named, every
+    `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`).
+    """
+    # Imported here so that the command line's --help needs neither MLflow, Ray nor matplotlib.
+    from tracking.report.files import write_dataset_report
+    from tracking.results.mlflow_runs import read_mlflow_trials
+    from tracking.results.ranking import rank, without_duplicates
+    from tracking.results.record import ResultsError
+    from tracking.results.tune_folder import read_tune_trials
+    from tracking.uri import resolve_tracking_uri
+
+    trials = []
+    if parent_run_ids or experiment_names or tracking_uri or not tune_dirs:
+        trials += read_mlflow_trials(resolve_tracking_uri(tracking_uri), experiment_names, parent_run_ids)
+    for tune_dir in tune_dirs or []:
+        trials += read_tune_trials(tune_dir)
+    trials, duplicates = without_duplicates(trials)
+    if duplicates:
+        print(f"report: {duplicates} trial(s) found both in MLflow and in a Tune folder were counted once")
+    if not trials:
+        raise ResultsError("no trials found in the given studies (check the experiment names, run ids and folders)")
+
+    folders: dict[str, Path] = {}
+    for dataset in sorted({trial.dataset for trial in trials}):
+        ranking = rank(dataset, [trial for trial in trials if trial.dataset == dataset])
+        folder = Path(output_dir) / _safe_name(dataset)
+        written = write_dataset_report(ranking, folder)
+        folders[dataset] = folder
+        print(
+            f"report {dataset}: {len(ranking.completed)} completed and {len(ranking.failed)} failed trial(s) in "
+            f"{len(ranking.configurations)} configuration(s)"
+        )
+        for path in written:
+            print(f"  {path}")
+    return folders
+
+
+def _safe_name(dataset: str) -> str:
+    return "".join(character if character.isalnum() or character in "-_." else "_" for character in dataset)

@@ -1,0 +1,5 @@
+import sys
+
+from tracking.report.cli import main
+
+sys.exit(main())

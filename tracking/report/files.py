@@ -1,0 +1,103 @@
+"""The files of one data set's report: best_config.json (loadable by the trainer) with its provenance, summary.csv,
+summary.md and report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tracking.report.page import report_html
+from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows
+from tracking.results.ranking import RANKING_RULE, Ranking, summary_frame
+from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, TEST_METRICS
+
+BEST_CONFIG = "best_config.json"
+PROVENANCE = "best_config.provenance.json"
+
+
+def write_dataset_report(ranking: Ranking, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if ranking.best is not None:
+        written += write_best_config(ranking, folder)
+    else:
+        # Nothing completed: there is no configuration to export; the summary and the page say so.
+        for stale in (folder / BEST_CONFIG, folder / PROVENANCE):
+            stale.unlink(missing_ok=True)
+    summary_frame(ranking).to_csv(folder / "summary.csv", index=False)
+    (folder / "summary.md").write_text(summary_markdown(ranking))
+    (folder / "report.html").write_text(report_html(ranking))
+    return [*written, folder / "summary.csv", folder / "summary.md", folder / "report.html"]
+
+
+def write_best_config(ranking: Ranking, folder: Path) -> list[Path]:
+    best = ranking.best
+    assert best is not None
+    best_trial = best.best_trial()
+    config = best_trial.config or {}
+    assert list(config) == list(CONFIG_KEYS), "the exported config must hold exactly the trainer's flat keys"
+    provenance = {
+        "dataset": ranking.dataset,
+        "config_id": best.config_id,
+        "ranked_by": f"mean of {RANKING_METRIC} over seeds (dev split; the test split never ranks)",
+        "dev_score_mean": best.mean(RANKING_METRIC),
+        "dev_score_std": _json_number(best.std(RANKING_METRIC)),
+        "seeds": best.seeds,
+        "n": best.n,
+        "best_seed": best_trial.seed,
+        "best_run_id": best_trial.run_id,
+        "best_trial_id": best_trial.trial_id,
+        "run_ids": [trial.run_id for trial in best.trials],
+        "trial_ids": [trial.trial_id for trial in best.trials],
+        "studies": studies_of(best.trials),
+        "test_at_selection_mean": {metric: _json_number(best.mean(metric)) for metric in TEST_METRICS},
+        "rerun": "python -m clmlf.train --config best_config.json --output <folder>",
+    }
+    config_path = folder / BEST_CONFIG
+    provenance_path = folder / PROVENANCE
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+    return [config_path, provenance_path]
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def summary_markdown(ranking: Ranking) -> str:
+    lines = [f"# Study summary: {ranking.dataset}", "", RANKING_RULE, ""]
+    lines += [
+        f"{len(ranking.completed)} completed trial(s) in {len(ranking.configurations)} configuration(s); "
+        f"{len(ranking.failed)} failed or unfinished trial(s), left out of every mean.",
+        "",
+    ]
+    if ranking.best is not None:
+        best = ranking.best
+        lines += [
+            f"Best configuration: `{best.config_id}` (dev score {best.mean_std(RANKING_METRIC)}, n = {best.n}, "
+            f"seed {best.best_trial().seed} in best_config.json).",
+            "",
+        ]
+    else:
+        lines += ["No trial completed, so there is no best configuration.", ""]
+    lines += ["## Configurations", "", *markdown_table(*summary_rows(ranking)), ""]
+    lines += ["## Failed trials", ""]
+    header, rows = failed_rows(ranking)
+    if rows:
+        lines += [*markdown_table(header, rows), "", "Full error texts are in report.html.", ""]
+    else:
+        lines += ["None.", ""]
+    lines += ["## Retried trials", "", *(markdown_table(*retried_rows(ranking)) if ranking.retried else ["None."]), ""]
+    return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return lines
