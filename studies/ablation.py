@@ -2,7 +2,9 @@
 
 Question: the text-only and image-only models, the multimodal fusion alone (mlf), with one contrastive task
 (mlf-lbcl, mlf-dbcl) and the full model, each on several seeds, so that a difference between rows can be told
-from seed noise. Everything but `model.variant` is the base config (the data set's preset, then --set).
+from seed noise. Rows are configured as in Table 3 (`clmlf.config.ablation_row`): text-only fine-tunes the text
+encoder from the first epoch, image-only trains the ResNet's weights on the images alone, and the four
+multimodal rows differ from the base config (the data set's preset, then --set) in `model.variant` only.
 
 Data: --dataset (default demo) under --data-root.
 
@@ -17,18 +19,16 @@ from __future__ import annotations
 
 import sys
 
-from clmlf.config import VARIANTS
+from clmlf.config import TABLE3_ROWS, TrainConfig, ablation_row
 from studies import cli
 
 KIND = "ablation"
-# Table 3's rows, in its order.
-TABLE_ROWS = ["text-only", "image-only", "mlf", "mlf-lbcl", "mlf-dbcl", "full"]
 SMOKE_ROWS = ["text-only", "image-only", "full"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.study_parser(KIND, __doc__)
-    parser.add_argument("--variants", help=f"comma-separated rows (default all: {','.join(TABLE_ROWS)})")
+    parser.add_argument("--variants", help=f"comma-separated rows (default all: {','.join(TABLE3_ROWS)})")
     return cli.main_guard(lambda: run(cli.parse_arguments(parser, argv, KIND)))
 
 
@@ -42,13 +42,13 @@ def run(arguments) -> int:
     cli.refuse_options(arguments, {"--num-samples": "each row runs once per seed; use --seeds"})
     base = cli.base_config(arguments)
     seeds = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
-    rows = SMOKE_ROWS if arguments.smoke_test else TABLE_ROWS
+    rows = SMOKE_ROWS if arguments.smoke_test else list(TABLE3_ROWS)
     if arguments.variants is not None:
         rows = [variant.strip() for variant in arguments.variants.split(",") if variant.strip()]
-        unknown = [variant for variant in rows if variant not in VARIANTS]
+        unknown = [variant for variant in rows if variant not in TABLE3_ROWS]
         if unknown:
-            raise cli.StudyInputError(f"--variants: {unknown} are not variants; choose from {VARIANTS}")
-    points = [{"model.variant": variant, "seed": seed} for variant in rows for seed in seeds]
+            raise cli.StudyInputError(f"--variants: {unknown} are not Table 3 rows; choose from {TABLE3_ROWS}")
+    points = table3_points(base, rows, seeds)
     cli.check_points(base, points, "--variants")
 
     with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
@@ -69,6 +69,17 @@ def run(arguments) -> int:
             )
         tuner.fit()
         return study.conclude(table_keys=["model.variant"])
+
+
+def table3_points(base: dict, rows: list[str], seeds: list[int]) -> list[dict]:
+    """One point per (row, seed). Every point sets every key that any row changes, to the base value where its
+    row leaves it alone: a key a point lacks would be drawn at random from the other rows' values."""
+    base_config = TrainConfig.from_flat_dict(base)
+    overrides = {row: ablation_row(base_config, row) for row in rows}
+    keys = list(dict.fromkeys(key for row in rows for key in overrides[row]))
+    return [
+        {**{key: overrides[row].get(key, base[key]) for key in keys}, "seed": seed} for row in rows for seed in seeds
+    ]
 
 
 if __name__ == "__main__":

@@ -170,14 +170,20 @@ def base_config(arguments: argparse.Namespace) -> dict[str, Any]:
     except ValueError as error:
         raise StudyInputError(f"--dataset: {error}") from error
     preset = "tiny" if arguments.smoke_test else arguments.preset
-    # Studies share frozen encoders' outputs between trials (clmlf/features.py); --set feature_cache=false
-    # turns it off.
-    overrides: dict[str, Any] = {"feature_cache": True, **common_overrides(arguments)}
+    overrides = common_overrides(arguments)
     try:
-        flat = build_config(arguments.dataset, preset, overrides).to_flat_dict()
+        config = build_config(arguments.dataset, preset, overrides)
+        # Studies share frozen encoders' outputs between trials (clmlf/features.py) unless --set feature_cache=...
+        # says otherwise, or the config's encoders give different outputs at every pass (the original preset).
+        if "feature_cache" not in overrides:
+            refusal = config.feature_cache_refusal
+            if refusal is None:
+                config = build_config(arguments.dataset, preset, {**overrides, "feature_cache": True})
+            else:
+                print(f"This study runs without the feature cache: {refusal}.", file=sys.stderr)
     except ConfigError as error:
         raise StudyInputError(f"--preset/--set: {error}") from error
-    return absolute_local_paths(flat)
+    return absolute_local_paths(config.to_flat_dict())
 
 
 def common_overrides(arguments: argparse.Namespace) -> dict[str, Any]:

@@ -96,6 +96,38 @@ def test_the_sweep_runs_the_shared_point_once():
     assert len(layer_sweep.layer_pairs([1, 2, 3], [1, 2], 2, 1, grid=True)) == 6
 
 
+def test_ablation_points_are_the_table3_rows_with_every_changed_key_set():
+    base = build_config("demo", "demo").to_flat_dict()
+    points = ablation.table3_points(base, ["text-only", "image-only", "full"], seeds=[0, 1])
+    assert [(point["model.variant"], point["seed"]) for point in points] == [
+        (row, seed) for row in ("text-only", "image-only", "full") for seed in (0, 1)
+    ]
+    # Tune draws a key a point lacks from the other points' values: every point must set the same keys.
+    assert len({tuple(sorted(point)) for point in points}) == 1
+    by_row = {point["model.variant"]: TrainConfig.from_flat_dict({**base, **point}) for point in points}
+    epochs = by_row["full"].epochs
+    assert by_row["text-only"].frozen_text_epochs == 0 and by_row["text-only"].finetune_epochs == epochs
+    assert not by_row["image-only"].model.freeze_image_encoder and by_row["image-only"].model.image_layers == 0
+    # The multimodal rows change the variant alone (the demo preset's own variant is full).
+    mlf = ablation.table3_points(base, ["mlf"], seeds=[0])[0]
+    changed = {key for key, value in {**base, **mlf}.items() if base[key] != value}
+    assert changed == {"model.variant"}
+    full = by_row["full"].to_flat_dict()
+    assert {key for key, value in full.items() if base[key] != value} <= {"seed"}
+
+
+def test_a_study_on_the_original_preset_runs_uncached_and_says_so_once(tmp_path, capsys):
+    parser = cli.study_parser("layer_sweep", "doc")
+    arguments = cli.parse_arguments(parser, ["--preset", "original", "--name", "x"], "layer_sweep")
+    base = cli.base_config(arguments)
+    assert base["feature_cache"] is False and base["frozen_encoder_mode"] == "train"
+    assert capsys.readouterr().err.count("without the feature cache") == 1
+    assert cli.base_config(cli.parse_arguments(parser, ["--name", "x"], "layer_sweep"))["feature_cache"] is True
+    asked = cli.parse_arguments(parser, ["--preset", "original", "--set", "feature_cache=true"], "layer_sweep")
+    with pytest.raises(cli.StudyInputError, match="frozen_encoder_mode"):
+        cli.base_config(asked)
+
+
 def test_the_scheduler_never_judges_inside_the_text_frozen_phase():
     base = build_config("demo", "demo").to_flat_dict()
     frozen = base["frozen_text_epochs"]
