@@ -4,11 +4,14 @@ importing torch, Ray, MLflow, transformers, pandas or Optuna, which take seconds
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import tomllib
 from pathlib import Path
 
@@ -72,6 +75,8 @@ def test_the_script_and_module_forms_keep_working(command):
 def run_in_terminal(command: list[str], cwd: Path) -> str:
     """The output of a command whose stdout and stderr are a terminal (a pseudo-terminal), as a user sees it."""
     controller, terminal = pty.openpty()
+    # A terminal has a size (a new pseudo-terminal's is 0 x 0, in which a progress bar has no room to draw).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     process = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, env=environment())
     os.close(terminal)
     chunks = []
