@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import html
 import json
 import random
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from clmlf.loading import CachedInputs, EncodedTexts, Phase, PostDataset, SplitI
 from clmlf.model import CLMLF
 from clmlf.text_augment import swap_and_delete
 from clmlf.train import Run, main
+from studies import layer_sweep
+from tracking import storage
+from tracking.results.mlflow_runs import child_runs
 
 ROWS = {"train": make_aspect_rows("train", 6), "dev": make_aspect_rows("dev", 3), "test": make_aspect_rows("test", 3)}
 
@@ -548,3 +552,34 @@ def test_real_aspect_text_loads_with_the_published_sizes():
         ("twitter2017", "dev"): (1176, 144, 517, 515),
         ("twitter2017", "test"): (1234, 168, 573, 493),
     }
+
+
+@pytest.mark.slow
+def test_smoke_layer_sweep_on_aspect_rows_reaches_mlflow_and_the_report(tmp_path, ray_cluster, mlflow_server):
+    write_aspect_dataset(tmp_path)
+    # The images elsewhere than the default folder: a trial finds them only through --image-folder.
+    images = tmp_path / "release-images"
+    (tmp_path / "twitter2015_images").rename(images)
+    arguments = [
+        "--smoke-test", "--dataset", "twitter2015", "--data-root", str(tmp_path), "--image-folder", str(images),
+        "--fusion-layers", "1", "--image-layers", "1,2",
+        "--address", ray_cluster.address,
+        "--storage-path", str(tmp_path / "tune"), "--name", "aspect-sweep",
+        "--tracking-uri", mlflow_server,
+    ]  # fmt: skip
+
+    assert layer_sweep.main(arguments) == 0
+
+    experiment = tmp_path / "tune" / "aspect-sweep"
+    parent = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    runs = child_runs(mlflow_server, parent)
+    assert sorted(run.data.params["model.image_layers"] for run in runs) == ["1", "2"]
+    for run in runs:
+        assert run.data.tags["clmlf.status"] == "TERMINATED"
+        assert run.data.params["dataset"] == "twitter2015" and run.data.params["image_folder"] == str(images)
+        assert "selected/test/f1_macro" in run.data.metrics
+    page = (experiment / storage.REPORT_FOLDER / "twitter2015" / "report.html").read_text()
+    # The paper's CLMLF row for Twitter-2015 (Table 6) beside the sweep's best configuration of the full model.
+    assert html.escape("Best configurations of all studies next to the paper's Table 6") in page
+    assert "CLMLF (Table 6)" in page and "0.7811" in page and "0.7460" in page
+    assert "test f1_macro" in page
