@@ -253,11 +253,21 @@ def describe_domain(value: Any) -> Any:
 
 
 def check_dataset(flat: dict[str, Any]) -> None:
-    """The data set must exist under its data root; images are not decoded here (the trials check them)."""
+    """The data set must exist under its data root, and its image folder when the base config reads images; images
+    are not decoded here (the trials check them)."""
     try:
-        load_dataset(flat["dataset"], flat.get("data_root"), need_images=False, need_translations=False)
+        dataset = load_dataset(flat["dataset"], flat.get("data_root"), need_images=False, need_translations=False)
     except DataError as error:
         raise StudyInputError(f"--dataset/--data-root: {error}") from error
+    if not TrainConfig.from_flat_dict(flat).model.uses_images:
+        return
+    given = flat.get("image_folder")
+    folder = Path(given).expanduser() if given else dataset.spec.default_image_folder(dataset.directory)
+    if not folder.is_dir():
+        raise StudyInputError(
+            f"--image-folder: the {dataset.spec.name} images are not at {folder} (no such folder); give the folder "
+            "that holds them, or --set model.variant=text-only for a study without images"
+        )
 
 
 def main_guard(run: Callable[[], int]) -> int:

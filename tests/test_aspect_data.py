@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from fixtures import (
     ASPECT_HEADER,
@@ -552,6 +553,19 @@ def test_real_aspect_text_loads_with_the_published_sizes():
         ("twitter2017", "dev"): (1176, 144, 517, 515),
         ("twitter2017", "test"): (1234, 168, 573, 493),
     }
+
+
+def test_a_study_without_the_images_is_refused_before_ray_starts(tmp_path, capsys):
+    write_aspect_dataset(tmp_path, images=False)
+    arguments = ["--smoke-test", "--dataset", "twitter2015", "--data-root", str(tmp_path)]
+    arguments += ["--storage-path", str(tmp_path / "tune"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+
+    assert layer_sweep.main(arguments) == 2
+    default_folder = tmp_path / "twitter2015_images"
+    assert f"--image-folder: the twitter2015 images are not at {default_folder}" in capsys.readouterr().err
+    assert layer_sweep.main([*arguments, "--image-folder", str(tmp_path / "elsewhere")]) == 2
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "tune").exists()
 
 
 @pytest.mark.slow
