@@ -13,8 +13,8 @@ Two kinds of entry, each in its own folder under `<cache root>/features/`:
 Stored as half-precision `.npy` files opened memory-mapped, so every trial on a node shares one copy in the page
 cache. An entry's folder name is a digest of everything that changes its numbers (the data's content, the
 encoder's actual weights as `encoder_key`, a `state_digest` of them, image size, augmentation settings, K, seed,
-token ids), so a changed setting can never reuse stale features. An entry is built once under a file lock while
-other trials wait, then renamed into place.
+token ids and segment ids), so a changed setting can never reuse stale features. An entry is built once under a
+file lock while other trials wait, then renamed into place.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from clmlf.data import Post
-from clmlf.loading import EncodedTexts, load_rgb, pad
+from clmlf.loading import EncodedTexts, load_rgb, pad, pad_segments
 
 FORMAT_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
@@ -251,8 +251,9 @@ def _progress(total: int, description: str, unit: str) -> tqdm:
 
 
 def _ragged_states(
-    encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    encoder: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
     sequences: Sequence[Sequence[int]],
+    segments: Sequence[Sequence[int]] | None,
     pad_token_id: int,
     width: int,
     device: torch.device,
@@ -268,8 +269,10 @@ def _ragged_states(
     for start in range(0, len(order), BUILD_BATCH):
         indices = order[start : start + BUILD_BATCH]
         ids, mask = pad([sequences[index] for index in indices], pad_token_id)
+        segment_ids = pad_segments([segments[index] for index in indices]).to(device) if segments is not None else None
         with torch.no_grad(), autocast:
-            states = _half_precision(encoder(ids.to(device), mask.to(device)).float().cpu().numpy(), "text states")
+            states = encoder(ids.to(device), mask.to(device), segment_ids)  # (B, S, D)
+        states = _half_precision(states.float().cpu().numpy(), "text states")
         for row, index in enumerate(indices):
             tokens[offsets[index] : offsets[index + 1]] = states[row, : lengths[index]]
         bar.update(len(indices))
@@ -283,9 +286,18 @@ def _open_ragged(path: Path) -> RaggedStates:
     )
 
 
+def _encoder_inputs(encoded: EncodedTexts) -> list:
+    """What the text encoder is given for a split; segment ids only where there are any, so that the keys of
+    single-text entries stay as they were."""
+    inputs = [encoded.texts, encoded.translations]
+    if encoded.text_segments is not None or encoded.translation_segments is not None:
+        inputs += [encoded.text_segments, encoded.translation_segments]
+    return inputs
+
+
 def text_states(
     text_encoder: nn.Module,
-    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
     texts: dict[str, EncodedTexts],
     *,
     encoder_key: str,
@@ -295,10 +307,8 @@ def text_states(
     cache_root: Path,
     log: Callable[[str], None] = print,
 ) -> TextStates:
-    ids_digest = hashlib.sha256(
-        json.dumps({split: [encoded.texts, encoded.translations] for split, encoded in sorted(texts.items())}).encode()
-    ).hexdigest()
-    key = key_digest({"kind": "text", "encoder": encoder_key, "token_ids": ids_digest})
+    ids_digest = hashlib.sha256(json.dumps({split: _encoder_inputs(texts[split]) for split in sorted(texts)}).encode())
+    key = key_digest({"kind": "text", "encoder": encoder_key, "token_ids": ids_digest.hexdigest()})
     folder = cache_root / f"text-{key}"
 
     def build(staging: Path) -> None:
@@ -307,9 +317,10 @@ def text_states(
         bar = _progress(total, "text states", "text")
         for split, encoded in texts.items():
             arguments = (encoded.pad_token_id, width, device, autocast)
-            _ragged_states(encode, encoded.texts, *arguments, staging / f"{split}", bar)
+            _ragged_states(encode, encoded.texts, encoded.text_segments, *arguments, staging / f"{split}", bar)
             if encoded.translations:
-                _ragged_states(encode, encoded.translations, *arguments, staging / f"{split}_translation", bar)
+                translations = (encoded.translations, encoded.translation_segments)
+                _ragged_states(encode, *translations, *arguments, staging / f"{split}_translation", bar)
         bar.close()
 
     cached_entry(folder, build, log)

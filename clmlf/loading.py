@@ -21,11 +21,18 @@ from clmlf.model import ModelInputs
 
 @dataclass(frozen=True)
 class EncodedTexts:
-    """Token ids of every post's text and translation, without padding."""
+    """Token ids of every post's text and translation, without padding.
+
+    text_segments / translation_segments: the pairs' segment ids (BERT's token_type_ids), one per token: 0 for
+    "[CLS] text [SEP]", 1 for "aspect [SEP]". None for single texts, and for encoders whose tokenizer has no
+    segments (RoBERTa): the encoder's default, all 0, applies.
+    """
 
     texts: list[list[int]]
     translations: list[list[int]]
     pad_token_id: int
+    text_segments: list[list[int]] | None = None
+    translation_segments: list[list[int]] | None = None
 
 
 def encode_texts(tokenizer, posts: Sequence[Post], max_length: int, with_translations: bool) -> EncodedTexts:
@@ -33,12 +40,21 @@ def encode_texts(tokenizer, posts: Sequence[Post], max_length: int, with_transla
     translation paired with the same aspect; a pair too long loses word pieces from its longer part first."""
     aspects = [post.aspect for post in posts] if posts and posts[0].aspect is not None else None
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, aspects, truncation=True, max_length=max_length)["input_ids"]
+    def encode(texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        encoded = tokenizer(texts, aspects, truncation=True, max_length=max_length)
+        return encoded["input_ids"], encoded.get("token_type_ids") if aspects is not None else None
 
-    texts = encode([post.text for post in posts])
-    translations = encode([post.translation for post in posts]) if with_translations else []
-    return EncodedTexts(texts=texts, translations=translations, pad_token_id=tokenizer.pad_token_id)
+    texts, text_segments = encode([post.text for post in posts])
+    translations, translation_segments = ([], None)
+    if with_translations:
+        translations, translation_segments = encode([post.translation for post in posts])
+    return EncodedTexts(
+        texts=texts,
+        translations=translations,
+        pad_token_id=tokenizer.pad_token_id,
+        text_segments=text_segments,
+        translation_segments=translation_segments,
+    )
 
 
 def load_rgb(post: Post) -> Image.Image:
@@ -101,6 +117,7 @@ class ItemView:
     """One post's inputs for one forward pass, before padding; what is absent stays None."""
 
     token_ids: list[int] | None = None
+    segment_ids: list[int] | None = None  # (S_i,) for sentence-aspect pairs
     text_states: torch.Tensor | None = None  # (S_i, D)
     image: torch.Tensor | None = None  # (3, H, W)
     image_features: torch.Tensor | None = None  # (C, p, p)
@@ -158,10 +175,15 @@ class PostDataset(Dataset):
         post = split.posts[index]
         original = ItemView()
         augmented = ItemView() if split.augmented else None
-        if split.texts is not None:
-            original.token_ids = split.texts.texts[index]
+        texts = split.texts
+        if texts is not None:
+            original.token_ids = texts.texts[index]
+            if texts.text_segments is not None:
+                original.segment_ids = texts.text_segments[index]
             if augmented is not None:
-                augmented.token_ids = split.texts.translations[index]
+                augmented.token_ids = texts.translations[index]
+                if texts.translation_segments is not None:
+                    augmented.segment_ids = texts.translation_segments[index]
         if self.phase.text_frozen and cached.text_states is not None:
             original.text_states = cached.text_states[index]
             if augmented is not None:
@@ -210,6 +232,11 @@ def pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Te
     return ids, mask
 
 
+def pad_segments(segments: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Segment ids (B, S) padded with segment 0, as the ids are; the attention mask hides the padding anyway."""
+    return pad(segments, 0)[0]
+
+
 def pad_states(states: Sequence[torch.Tensor]) -> torch.Tensor:
     """Cached token states (S_i, D) padded with zeros to (B, S, D); the ids' attention mask marks the padding."""
     return torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)
@@ -221,6 +248,8 @@ def collate_views(views: Sequence[ItemView], pad_token_id: int) -> ModelInputs:
     inputs = ModelInputs()
     if first.token_ids is not None:
         inputs.input_ids, inputs.attention_mask = pad([view.token_ids for view in views], pad_token_id)
+    if first.segment_ids is not None:
+        inputs.token_type_ids = pad_segments([view.segment_ids for view in views])
     if first.text_states is not None:
         inputs.text_states = pad_states([view.text_states for view in views])
     if first.image is not None:

@@ -26,6 +26,7 @@ from clmlf.precision import in_fp32
 class ModelInputs:
     attention_mask: torch.Tensor | None = None  # (B, S), 1 for real tokens
     input_ids: torch.Tensor | None = None  # (B, S)
+    token_type_ids: torch.Tensor | None = None  # (B, S), BERT's segment ids; None: all segment 0
     text_states: torch.Tensor | None = None  # (B, S, D), a frozen text encoder's output
     images: torch.Tensor | None = None  # (B, 3, H, W)
     image_features: torch.Tensor | None = None  # (B, C, p, p), a frozen image backbone's output
@@ -161,9 +162,13 @@ class CLMLF(nn.Module):
     def image_token_count(self) -> int:
         return self.image_backbone.token_count if self.image_backbone is not None else 0
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """T (B, S, D)."""
-        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """T (B, S, D). token_type_ids (B, S): 1 on a sentence-aspect pair's aspect part, else 0."""
+        # Passed only when there are segments: some encoders (DistilBERT) take no such argument.
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
 
     def forward(self, inputs: ModelInputs) -> ModelOutputs:
         sequence: list[torch.Tensor] = []
@@ -171,7 +176,7 @@ class CLMLF(nn.Module):
         if self.config.uses_text:
             text = inputs.text_states
             if text is None:
-                text = self.encode_text(inputs.input_ids, inputs.attention_mask)  # (B, S, D)
+                text = self.encode_text(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)  # (B, S, D)
             if self.text_projection is not None:
                 text = self.text_projection(text)
             sequence.append(text)

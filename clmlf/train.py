@@ -318,7 +318,7 @@ class Run:
         autograd."""
         if inputs.text_states is None and inputs.input_ids is not None and self.text_frozen(epoch):
             with torch.no_grad():
-                text_states = self.model.encode_text(inputs.input_ids, inputs.attention_mask)
+                text_states = self.model.encode_text(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
             inputs = dataclasses.replace(inputs, text_states=text_states)
         if inputs.image_features is None and inputs.images is not None and self.config.model.freeze_image_encoder:
             with torch.no_grad():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clmlf.config import PRESETS, ConfigError, TrainConfig, build_config, parse_overrides
-from clmlf.data import DataError, dataset_spec, load_dataset
+from clmlf.data import DATASETS, DataError, dataset_spec, load_dataset
 from clmlf.encoders import EncoderUnavailable
 from tracking import storage
 from tracking.results.record import ResultsError
@@ -39,8 +39,9 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=docstring.split("\n\n", 1)[1] if "\n\n" in docstring else None,
     )
-    parser.add_argument("--dataset", default="demo", help="mvsa-single, mvsa-multiple, hfm or demo (default: demo)")
+    parser.add_argument("--dataset", default="demo", help=f"{', '.join(DATASETS)} (default: demo)")
     parser.add_argument("--data-root", help="folder that holds the data set's folder (not needed for demo)")
+    parser.add_argument("--image-folder", help="the images' folder, if not the data set's default (docs/data.md)")
     parser.add_argument("--preset", default="demo", help=f"{', '.join(PRESETS)} (default: demo; --smoke-test: tiny)")
     parser.add_argument("--address", help=RAY_ADDRESS_HELP)
     parser.add_argument(
@@ -187,10 +188,12 @@ def base_config(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def common_overrides(arguments: argparse.Namespace) -> dict[str, Any]:
-    """--data-root, the smoke settings and --set, as flat config values."""
+    """--data-root, --image-folder, the smoke settings and --set, as flat config values."""
     overrides: dict[str, Any] = {}
     if arguments.data_root:
         overrides["data_root"] = str(Path(arguments.data_root).expanduser().resolve())
+    if arguments.image_folder:
+        overrides["image_folder"] = str(Path(arguments.image_folder).expanduser().resolve())
     if arguments.smoke_test:
         overrides.update(SMOKE_OVERRIDES)
     try:
@@ -203,7 +206,7 @@ def common_overrides(arguments: argparse.Namespace) -> dict[str, Any]:
 def absolute_local_paths(flat: dict[str, Any]) -> dict[str, Any]:
     """Trials run in their own working folders (and on other nodes): relative paths must not stay relative."""
     resolved = dict(flat)
-    for key in ("data_root", "model.text_encoder", "model.image_weights"):
+    for key in ("data_root", "image_folder", "model.text_encoder", "model.image_weights"):
         value = resolved.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():
             resolved[key] = str(Path(value).resolve())
@@ -256,11 +259,21 @@ def describe_domain(value: Any) -> Any:
 
 
 def check_dataset(flat: dict[str, Any]) -> None:
-    """The data set must exist under its data root; images are not decoded here (the trials check them)."""
+    """The data set must exist under its data root, and its image folder when the base config reads images; images
+    are not decoded here (the trials check them)."""
     try:
-        load_dataset(flat["dataset"], flat.get("data_root"), need_images=False, need_translations=False)
+        dataset = load_dataset(flat["dataset"], flat.get("data_root"), need_images=False, need_translations=False)
     except DataError as error:
         raise StudyInputError(f"--dataset/--data-root: {error}") from error
+    if not TrainConfig.from_flat_dict(flat).model.uses_images:
+        return
+    given = flat.get("image_folder")
+    folder = Path(given).expanduser() if given else dataset.spec.default_image_folder(dataset.directory)
+    if not folder.is_dir():
+        raise StudyInputError(
+            f"--image-folder: the {dataset.spec.name} images are not at {folder} (no such folder); give the folder "
+            "that holds them, or --set model.variant=text-only for a study without images"
+        )
 
 
 def main_guard(run: Callable[[], int]) -> int:

@@ -4,6 +4,8 @@ the pair input, the augmented text sources and one image shared by the rows of a
 from __future__ import annotations
 
 import collections
+import dataclasses
+import html
 import json
 import random
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from fixtures import (
     ASPECT_HEADER,
@@ -19,6 +22,7 @@ from fixtures import (
     make_aspect_rows,
     shared_data,
     write_aspect_dataset,
+    write_dataset,
     write_tsv,
 )
 from torch import nn
@@ -27,10 +31,14 @@ from clmlf.augment import augmentation_transform, evaluation_transform
 from clmlf.config import ConfigError, build_config
 from clmlf.data import DataError, DatasetNotFoundError, dataset_spec, load_dataset
 from clmlf.encoders import load_tokenizer
-from clmlf.features import image_features
-from clmlf.loading import CachedInputs, PostDataset, encode_texts
+from clmlf.features import image_features, text_states
+from clmlf.loading import CachedInputs, EncodedTexts, Phase, PostDataset, SplitInputs, encode_texts, make_collate
+from clmlf.model import CLMLF
 from clmlf.text_augment import swap_and_delete
 from clmlf.train import Run, main
+from studies import layer_sweep
+from tracking import storage
+from tracking.results.mlflow_runs import child_runs
 
 ROWS = {"train": make_aspect_rows("train", 6), "dev": make_aspect_rows("dev", 3), "test": make_aspect_rows("test", 3)}
 
@@ -347,6 +355,42 @@ def test_texts_are_encoded_as_sentence_aspect_pairs(tmp_path):
     ]  # fmt: skip
 
 
+def test_the_aspect_part_of_a_pair_is_segment_1_through_to_the_batch(tmp_path):
+    write_aspect_dataset(tmp_path, images=False)
+    posts = load_dataset("twitter2015", tmp_path, need_images=False).splits["train"]
+    tokenizer = load_tokenizer("tiny-bert")
+    encoded = encode_texts(tokenizer, posts, max_length=64, with_translations=True)
+
+    pairs = ((encoded.texts[1], encoded.text_segments[1]), (encoded.translations[1], encoded.translation_segments[1]))
+    for ids, segments in pairs:
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        aspect = tokens.index("[SEP]") + 1
+        # "[CLS] text [SEP]" is segment 0; the aspect's word pieces and the closing [SEP] are segment 1.
+        assert tokens[aspect:] == [*tokenizer.tokenize("Team train1"), "[SEP]"]
+        assert segments == [0] * aspect + [1] * (len(tokens) - aspect)
+
+    inputs = SplitInputs(posts, encoded, image_transform=None, augmented=True)
+    dataset = PostDataset(inputs, Phase(epoch=0, text_frozen=False))
+    batch = make_collate(encoded.pad_token_id)([dataset[0], dataset[1]])
+    for view, segments in ((batch.original, encoded.text_segments), (batch.augmented, encoded.translation_segments)):
+        assert view.token_type_ids.shape == view.input_ids.shape
+        # The shorter pair's padding is segment 0, like the padding of its ids.
+        expected = [row + [0] * (view.input_ids.shape[1] - len(row)) for row in segments[:2]]
+        assert view.token_type_ids.tolist() == expected
+    assert batch.original.token_type_ids.sum() > 0
+
+
+def test_single_texts_have_no_segment_ids(tmp_path):
+    write_dataset(tmp_path, "mvsa-single")
+    posts = load_dataset("mvsa-single", tmp_path, need_images=False).splits["train"]
+    encoded = encode_texts(load_tokenizer("tiny-bert"), posts, max_length=64, with_translations=True)
+    assert encoded.text_segments is None and encoded.translation_segments is None
+    batch = make_collate(encoded.pad_token_id)(
+        [PostDataset(SplitInputs(posts, encoded, image_transform=None), Phase(0, False))[index] for index in (0, 1)]
+    )
+    assert batch.original.input_ids is not None and batch.original.token_type_ids is None
+
+
 class CountingBackbone(nn.Module):
     """A small convolution that counts the images it encodes."""
 
@@ -390,19 +434,23 @@ def test_feature_cache_encodes_each_distinct_image_once(tmp_path):
     assert backbone.images == 6 * (1 + views) + 3 + 3
     assert bank.splits["train"].shape[:2] == (6, 1 + views) and bank.splits["dev"].shape[0] == 3
     assert bank.rows["train"].tolist() == [0, 1, 1, 2, 2, 2, 3, 4, 4, 5, 5, 5]
-    dev = PostDataset(
-        splits["dev"], None, None, cached=CachedInputs(image_features=bank.splits["dev"], image_rows=bank.rows["dev"])
+    dev_inputs = SplitInputs(
+        splits["dev"],
+        texts=None,
+        image_transform=None,
+        cached=CachedInputs(image_features=bank.splits["dev"], image_rows=bank.rows["dev"]),
     )
-    torch.testing.assert_close(dev[1]["image_features"], dev[2]["image_features"])
-    assert not torch.equal(dev[0]["image_features"], dev[1]["image_features"])
-    train = PostDataset(
+    dev = PostDataset(dev_inputs, Phase(epoch=0, text_frozen=False))
+    torch.testing.assert_close(dev[1].original.image_features, dev[2].original.image_features)
+    assert not torch.equal(dev[0].original.image_features, dev[1].original.image_features)
+    train_inputs = SplitInputs(
         splits["train"],
-        None,
-        None,
+        texts=None,
+        image_transform=None,
         cached=CachedInputs(image_features=bank.splits["train"], image_rows=bank.rows["train"]),
         augmented=True,
     )
-    drawn = train[4]["augmented_image_features"].numpy()
+    drawn = PostDataset(train_inputs, Phase(epoch=0, text_frozen=False))[4].augmented.image_features.numpy()
     assert any(np.allclose(bank.splits["train"][2, view], drawn) for view in range(1, 1 + views))
     build()
     assert backbone.images == 6 * (1 + views) + 3 + 3, "a second trial reads the cache"
@@ -413,17 +461,37 @@ def test_cached_text_states_are_those_of_the_pair(tmp_path):
     overrides = {"data_root": str(tmp_path), "feature_cache": True, "feature_cache_dir": str(tmp_path / "cache")}
     run = Run(build_config("twitter2015", "tiny", overrides), log=lambda _: None)
     run.set_phase(0, training=True)
-    dataset = run.loaders["dev"].dataset
+    dataset = run.loader("dev", 0).dataset
 
     # Rows 1 and 2 of dev: one sentence, two aspects.
-    first, second = dataset[1], dataset[2]
-    ids = torch.tensor([first["input_ids"]])
+    first, second = dataset[1].original, dataset[2].original
+    ids, segments = torch.tensor([first.token_ids]), torch.tensor([first.segment_ids])
     with torch.no_grad():
-        direct = run.model.encode_text(ids, torch.ones_like(ids))[0]  # (S, D)
-    torch.testing.assert_close(first["text_states"], direct, atol=2e-2, rtol=2e-3)
-    sentence = first["input_ids"].index(load_tokenizer("tiny-bert").sep_token_id)
-    assert first["input_ids"][:sentence] == second["input_ids"][:sentence]
-    assert not torch.allclose(first["text_states"][:sentence], second["text_states"][:sentence], atol=1e-3)
+        direct = run.model.encode_text(ids, torch.ones_like(ids), segments)[0]  # (S, D)
+        unsegmented = run.model.encode_text(ids, torch.ones_like(ids))[0]  # (S, D), all segment 0
+    torch.testing.assert_close(first.text_states, direct, atol=2e-2, rtol=2e-3)
+    assert not torch.allclose(first.text_states, unsegmented, atol=5e-2), "the cache holds the segmented states"
+    sentence = first.token_ids.index(load_tokenizer("tiny-bert").sep_token_id)
+    assert first.token_ids[:sentence] == second.token_ids[:sentence]
+    assert not torch.allclose(first.text_states[:sentence], second.text_states[:sentence], atol=1e-3)
+
+
+def test_segment_ids_are_part_of_the_text_cache_key(tmp_path):
+    write_aspect_dataset(tmp_path, images=False)
+    posts = load_dataset("twitter2015", tmp_path, need_images=False).splits["dev"]
+    segmented = encode_texts(load_tokenizer("tiny-bert"), posts, max_length=64, with_translations=False)
+    unsegmented = dataclasses.replace(segmented, text_segments=None)
+    model = CLMLF(build_config("twitter2015", "tiny", {"model.variant": "text-only"}).model, classes=3).eval()
+
+    def cached(texts: EncodedTexts) -> torch.Tensor:
+        common = {"device": torch.device("cpu"), "autocast": nullcontext(), "cache_root": tmp_path, "log": print}
+        states = text_states(model.text_encoder, model.encode_text, {"dev": texts}, encoder_key="t", width=64, **common)
+        return states.texts["dev"][1]  # (S, D)
+
+    with_segments, without = cached(segmented), cached(unsegmented)
+
+    assert len([path for path in tmp_path.glob("text-*") if path.is_dir()]) == 2, "two entries, not one for both"
+    assert not torch.allclose(with_segments, without, atol=5e-2)
 
 
 def test_command_line_trains_the_full_model_on_aspect_rows_with_images(tmp_path, capsys):
@@ -485,3 +553,47 @@ def test_real_aspect_text_loads_with_the_published_sizes():
         ("twitter2017", "dev"): (1176, 144, 517, 515),
         ("twitter2017", "test"): (1234, 168, 573, 493),
     }
+
+
+def test_a_study_without_the_images_is_refused_before_ray_starts(tmp_path, capsys):
+    write_aspect_dataset(tmp_path, images=False)
+    arguments = ["--smoke-test", "--dataset", "twitter2015", "--data-root", str(tmp_path)]
+    arguments += ["--storage-path", str(tmp_path / "tune"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+
+    assert layer_sweep.main(arguments) == 2
+    default_folder = tmp_path / "twitter2015_images"
+    assert f"--image-folder: the twitter2015 images are not at {default_folder}" in capsys.readouterr().err
+    assert layer_sweep.main([*arguments, "--image-folder", str(tmp_path / "elsewhere")]) == 2
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "tune").exists()
+
+
+@pytest.mark.slow
+def test_smoke_layer_sweep_on_aspect_rows_reaches_mlflow_and_the_report(tmp_path, ray_cluster, mlflow_server):
+    write_aspect_dataset(tmp_path)
+    # The images elsewhere than the default folder: a trial finds them only through --image-folder.
+    images = tmp_path / "release-images"
+    (tmp_path / "twitter2015_images").rename(images)
+    arguments = [
+        "--smoke-test", "--dataset", "twitter2015", "--data-root", str(tmp_path), "--image-folder", str(images),
+        "--fusion-layers", "1", "--image-layers", "1,2",
+        "--address", ray_cluster.address,
+        "--storage-path", str(tmp_path / "tune"), "--name", "aspect-sweep",
+        "--tracking-uri", mlflow_server,
+    ]  # fmt: skip
+
+    assert layer_sweep.main(arguments) == 0
+
+    experiment = tmp_path / "tune" / "aspect-sweep"
+    parent = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    runs = child_runs(mlflow_server, parent)
+    assert sorted(run.data.params["model.image_layers"] for run in runs) == ["1", "2"]
+    for run in runs:
+        assert run.data.tags["clmlf.status"] == "TERMINATED"
+        assert run.data.params["dataset"] == "twitter2015" and run.data.params["image_folder"] == str(images)
+        assert "selected/test/f1_macro" in run.data.metrics
+    page = (experiment / storage.REPORT_FOLDER / "twitter2015" / "report.html").read_text()
+    # The paper's CLMLF row for Twitter-2015 (Table 6) beside the sweep's best configuration of the full model.
+    assert html.escape("Best configurations of all studies next to the paper's Table 6") in page
+    assert "CLMLF (Table 6)" in page and "0.7811" in page and "0.7460" in page
+    assert "test f1_macro" in page

@@ -107,6 +107,20 @@ def test_precomputed_encoder_outputs_give_the_same_outputs(text_batch):
     torch.testing.assert_close(from_features.representation, from_raw.representation)
 
 
+def test_segment_ids_change_the_output(tokenizer):
+    # A sentence-aspect pair: the aspect part as segment 1 is another input than the same ids all in segment 0.
+    model = build_model("text-only")
+    encoded = tokenizer([TEXTS[0]], ["beach"], return_tensors="pt")
+    ids, mask, segments = encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"]
+    assert segments.sum() == 2, "the aspect's word piece and the closing [SEP]"
+    with torch.no_grad():
+        paired = model(ModelInputs(input_ids=ids, attention_mask=mask, token_type_ids=segments))
+        unpaired = model(ModelInputs(input_ids=ids, attention_mask=mask))
+        all_zero = model(ModelInputs(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(segments)))
+    assert not torch.allclose(paired.logits, unpaired.logits, atol=1e-4)
+    torch.testing.assert_close(all_zero.logits, unpaired.logits)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
 @pytest.mark.parametrize(("image_size", "grid"), [(64, 2), (96, 3)])
 def test_image_token_counts_and_widths_come_from_the_encoder(name, image_size, grid):

@@ -1,8 +1,9 @@
 """Study reports: read finished studies from MLflow and from their Tune folders (tracking/results/), rank the
 configurations by their mean dev score over seeds (never by test), and write per data set the best configuration
 (loadable by the trainer), a summary table and one self-contained HTML page with the layer curves, the loss-weight
-effects, Optuna's parameter importances, the ablation next to the paper's Table 3 and the confirmation runs next
-to its Table 1. `python -m tracking.report` is the command line (tracking/report/cli.py).
+effects, Optuna's parameter importances, the best configurations next to the paper's rows, the ablation next to
+the paper's Table 3 and the confirmation runs next to its Table 1 (Table 6 for the aspect-based Twitter sets).
+`python -m tracking.report` is the command line (tracking/report/cli.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tracking.report.figures import importances_html, layer_curves_html, loss_effects_html
 from tracking.report.markup import PAGE_STYLE, escape, html_table, note, section
-from tracking.report.paper import ablation_html, confirmation_html
+from tracking.report.paper import ablation_html, confirmation_html, studies_vs_paper_html
 from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows, text
 from tracking.results.ranking import RANKING_RULE, Ranking
 from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, f1_metric_of
@@ -20,6 +20,7 @@ def report_html(ranking: Ranking) -> str:
         layer_curves_html(ranking),
         loss_effects_html(ranking),
         importances_html(ranking),
+        studies_vs_paper_html(ranking),
         ablation_html(ranking),
         confirmation_html(ranking),
         failed_html(ranking),

@@ -1,55 +1,22 @@
-"""The studies next to the paper: the ablation beside its Table 3 and the confirmation runs beside its Table 1.
+"""The studies next to the paper: the ablation beside its Table 3 (Table 6 for the aspect-based Twitter sets), the
+confirmation runs beside its CLMLF row (Table 1; Table 6), and every study's best configurations beside the rows of
+their model variants.
 
-The paper's numbers are test accuracy and F1 with the model selected on dev; its F1 is weighted for the MVSA sets
-and macro for HFM, which is each data set's selection metric here.
+The paper's numbers (clmlf/paper_results.py) are test accuracy and F1 with the model selected on dev; its F1 is each
+data set's selection metric here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from clmlf.config import VARIANTS
+from clmlf.paper_results import PAPER_RESULTS, PaperResult, tables_label
 from tracking.report.markup import html_table, note, section
 from tracking.results.ranking import Configuration, Ranking, rank_configurations
-from tracking.results.record import RANKING_METRIC, f1_metric_of
+from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of
 
-
-@dataclass(frozen=True)
-class PaperResult:
-    row: str
-    acc: float
-    f1: float
-
-
-# Tables 1 and 3 of the paper (Li et al., Findings of NAACL 2022): the unimodal baselines, the ablation rows and
-# the full model.
-PAPER_RESULTS: dict[str, dict[str, PaperResult]] = {
-    "mvsa-single": {
-        "text-only": PaperResult("BERT", 0.7111, 0.6970),
-        "image-only": PaperResult("ResNet-50", 0.6467, 0.6155),
-        "mlf": PaperResult("+MLF", 0.7111, 0.7101),
-        "mlf-lbcl": PaperResult("+MLF, LBCL", 0.7378, 0.7291),
-        "mlf-dbcl": PaperResult("+MLF, DBCL", 0.7356, 0.7276),
-        "full": PaperResult("CLMLF", 0.7533, 0.7346),
-    },
-    "mvsa-multiple": {
-        "text-only": PaperResult("BERT", 0.6759, 0.6624),
-        "image-only": PaperResult("ResNet-50", 0.6188, 0.6098),
-        "mlf": PaperResult("+MLF", 0.7059, 0.6849),
-        "mlf-lbcl": PaperResult("+MLF, LBCL", 0.7112, 0.6863),
-        "mlf-dbcl": PaperResult("+MLF, DBCL", 0.7153, 0.6832),
-        "full": PaperResult("CLMLF", 0.7200, 0.6983),
-    },
-    "hfm": {
-        "text-only": PaperResult("BERT", 0.8389, 0.8326),
-        "image-only": PaperResult("ResNet-50", 0.7277, 0.7138),
-        "mlf": PaperResult("+MLF", 0.8414, 0.8355),
-        "mlf-lbcl": PaperResult("+MLF, LBCL", 0.8489, 0.8446),
-        "mlf-dbcl": PaperResult("+MLF, DBCL", 0.8468, 0.8422),
-        "full": PaperResult("CLMLF", 0.8543, 0.8487),
-    },
-}
 # Table 3's rows, in its order.
 ABLATION_ORDER = ("text-only", "image-only", "mlf", "mlf-lbcl", "mlf-dbcl", "full")
 
@@ -63,18 +30,21 @@ def versus(configuration: Configuration, metric: str, paper: float | None) -> li
     return [configuration.mean_std(metric), f"{paper:.4f}", difference]
 
 
-def ablation_html(ranking: Ranking) -> str:
-    heading = "Ablation next to the paper's Table 3"
-    trials = ranking.of_kind("ablation")
-    if not trials and len({(trial.config or {})["model.variant"] for trial in ranking.completed}) > 1:
-        trials = ranking.completed
-    if not trials:
-        return section(
-            heading, note("No ablation study among the inputs and only one model variant: no ablation table.")
-        )
-    f1 = f1_metric_of(ranking.dataset)
-    paper = PAPER_RESULTS.get(ranking.dataset)
-    # Per variant, the configuration best on dev, as the paper selects each row on dev.
+def tables_of(results: Sequence[PaperResult], default: str) -> str:
+    """The tables that all of `results` are printed in ("Table 3"), else every table any of them is in."""
+    if not results:
+        return default
+    common = set.intersection(*(set(result.tables) for result in results))
+    return tables_label(sorted(common or {table for result in results for table in result.tables}))
+
+
+def no_paper_numbers(dataset: str) -> str:
+    return f"The paper reports no numbers for the {dataset} data set, so only ours are shown."
+
+
+def best_per_variant_html(dataset: str, trials: list[TrialRecord], paper: dict[str, PaperResult] | None) -> str:
+    """Per model variant, the configuration best on dev (mean over seeds) beside the paper's row for it."""
+    f1 = f1_metric_of(dataset)
     best: dict[str, Configuration] = {}
     for configuration in rank_configurations(trials):
         best.setdefault(configuration.config["model.variant"], configuration)
@@ -89,33 +59,66 @@ def ablation_html(ranking: Ranking) -> str:
         row = [variant, configuration.config_id, str(configuration.n), configuration.mean_std(RANKING_METRIC)]
         if paper:
             result = paper.get(variant)
-            row.append(result.row if result else "–")
+            row.append(f"{result.row} ({result.source})" if result else "–")
             row += versus(configuration, "selected/test/acc", result.acc if result else None)
             row += versus(configuration, f"selected/test/{f1}", result.f1 if result else None)
         else:
             row += [configuration.mean_std("selected/test/acc"), configuration.mean_std(f"selected/test/{f1}")]
         rows.append(row)
-    table = html_table(header, rows, numeric=[2, 3, *range(5 if paper else 4, len(header))])
+    return html_table(header, rows, numeric=[2, 3, *range(5 if paper else 4, len(header))])
+
+
+def ablation_html(ranking: Ranking) -> str:
+    paper = PAPER_RESULTS.get(ranking.dataset)
+    heading = f"Ablation next to the paper's {tables_of(list((paper or {}).values()), 'Table 3')}"
+    trials = ranking.of_kind("ablation")
+    if not trials and len({(trial.config or {})["model.variant"] for trial in ranking.completed}) > 1:
+        trials = ranking.completed
+    if not trials:
+        return section(
+            heading, note("No ablation study among the inputs and only one model variant: no ablation table.")
+        )
+    f1 = f1_metric_of(ranking.dataset)
     if paper:
         explanation = (
             "Each variant's row is its configuration best on dev (mean over seeds); test at the selected epochs; "
             f"Δ = ours − paper. The paper's F1 for this data set is {f1.replace('_', ' ')}."
         )
     else:
-        explanation = (
-            f"The paper reports no numbers for the {ranking.dataset} data set (only MVSA-Single, MVSA-Multiple "
-            "and HFM), so only ours are shown."
-        )
-    return section(heading, table, note(explanation))
+        explanation = no_paper_numbers(ranking.dataset)
+    return section(heading, best_per_variant_html(ranking.dataset, trials, paper), note(explanation))
+
+
+def studies_vs_paper_html(ranking: Ranking) -> str:
+    """Every study's trials together: what the best configuration of each variant reaches against the paper's row
+    for it (the only comparison with the paper that a layer sweep or a search gets)."""
+    paper = PAPER_RESULTS.get(ranking.dataset)
+    variants = {(trial.config or {}).get("model.variant") for trial in ranking.completed}
+    shown = [result for variant, result in (paper or {}).items() if variant in variants]
+    heading = f"Best configurations of all studies next to the paper's {tables_of(shown, 'results')}"
+    if not ranking.completed:
+        return section(heading, note("No trial completed."))
+    if not paper:
+        return section(heading, note(no_paper_numbers(ranking.dataset)))
+    f1 = f1_metric_of(ranking.dataset)
+    return section(
+        heading,
+        best_per_variant_html(ranking.dataset, ranking.completed, paper),
+        note(
+            "Per variant, the configuration best on dev (mean over seeds) among the trials of every study here, with "
+            "test at the selected epochs beside the paper's row for that variant; Δ = ours − paper. The paper's F1 "
+            f"for this data set is {f1.replace('_', ' ')}."
+        ),
+    )
 
 
 def confirmation_html(ranking: Ranking) -> str:
-    heading = "Confirmation runs next to the paper's Table 1 (CLMLF)"
+    paper = PAPER_RESULTS.get(ranking.dataset, {}).get("full")
+    heading = f"Confirmation runs next to the paper's {paper.tables[0] if paper else 'Table 1'} (CLMLF)"
     trials = ranking.of_kind("confirm")
     if not trials:
         return section(heading, note("No confirm study among the inputs for this data set."))
     f1 = f1_metric_of(ranking.dataset)
-    paper = PAPER_RESULTS.get(ranking.dataset, {}).get("full")
     header = ["config", "variant", "n", "seeds", "dev score"]
     if paper:
         header += ["test acc", "paper acc", "Δ acc", f"test {f1}", "paper F1", "Δ F1"]
@@ -139,9 +142,9 @@ def confirmation_html(ranking: Ranking) -> str:
     table = html_table(header, rows, numeric=[2, *range(4, len(header))], highlight_first=True)
     if paper:
         explanation = (
-            f"Paper: CLMLF on {ranking.dataset}, accuracy {paper.acc:.4f}, {f1.replace('_', ' ')} {paper.f1:.4f}. "
-            "Ours: mean ± std over the confirmation seeds; Δ = ours − paper."
+            f"Paper: CLMLF on {ranking.dataset} ({paper.source}), accuracy {paper.acc:.4f}, "
+            f"{f1.replace('_', ' ')} {paper.f1:.4f}. Ours: mean ± std over the confirmation seeds; Δ = ours − paper."
         )
     else:
-        explanation = f"The paper reports no numbers for the {ranking.dataset} data set, so only ours are shown."
+        explanation = no_paper_numbers(ranking.dataset)
     return section(heading, table, note(explanation))
