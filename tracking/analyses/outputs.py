@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from clmlf.analysis import SplitAnalysis, analyse_split, disagreements, projection
@@ -57,14 +58,16 @@ def text_only_counterpart(
         return folder
     except ValueError:
         pass
-    import torch
-
-    state = torch.load(checkpoint_file(checkpoint), map_location="cpu", weights_only=True)
-    base = TrainConfig.from_flat_dict({**state["config"], **(overrides or {})})
+    base = TrainConfig.from_flat_dict({**stored_config(checkpoint), **(overrides or {})})
     config = TrainConfig.from_flat_dict({**base.to_flat_dict(), **ablation_row(base, "text-only")})
     log(f"analysis: training the text-only counterpart of {checkpoint} into {folder} (reused next time)")
     train(config, output_dir=folder, log=lambda message: None)
     return folder
+
+
+def stored_config(folder: Path) -> dict[str, Any]:
+    """The flat config a checkpoint holds (its run's or a study trial's)."""
+    return torch.load(checkpoint_file(folder), map_location="cpu", weights_only=True)["config"]
 
 
 def analyse(
@@ -73,14 +76,15 @@ def analyse(
     """The case study, the attention maps and the cluster plots of the model in `checkpoint` on `settings.split`,
     against the text-only model in `text_only`."""
     split = settings.split
+    variant = stored_config(text_only)["model.variant"]
+    if variant != "text-only":
+        raise ValueError(f"{text_only}: expected a text-only model, found model.variant {variant!r}")
     full_run, full_state = load_checkpoint(checkpoint, settings.overrides, log=lambda message: None)
     if full_run.model.fusion_transformer is None:
         raise ValueError(f"{checkpoint}: a {full_run.config.model.variant!r} model fuses nothing; analyse a fusing one")
     full = analyse_split(full_run, full_state["epoch"], split, settings.layer, settings.head)
     del full_run
     text_run, text_state = load_checkpoint(text_only, settings.overrides, log=lambda message: None)
-    if text_run.config.model.uses_images:
-        raise ValueError(f"{text_only}: expected a text-only model, found variant {text_run.config.model.variant!r}")
     text = analyse_split(text_run, text_state["epoch"], split)
     del text_run
     cases = disagreements(full, text)
