@@ -80,7 +80,13 @@ def fusion_attention(model: CLMLF, layer: int, head: int) -> Iterator[list[torch
         padding = kwargs.get("src_key_padding_mask")  # (B, L), True or -inf at padded keys
         with torch.no_grad():
             _, weights = module.self_attn(
-                source, source, source, key_padding_mask=padding, need_weights=True, average_attn_weights=False
+                source,
+                source,
+                source,
+                attn_mask=kwargs.get("src_mask"),
+                key_padding_mask=padding,
+                need_weights=True,
+                average_attn_weights=False,
             )  # (B, heads, L, L)
         captured.append(weights[:, head].float().cpu())
 

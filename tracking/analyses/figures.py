@@ -11,9 +11,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from clmlf.analysis import SplitAnalysis
+from clmlf.augment import evaluation_view
 
 THUMBNAIL = 160  # pixels on the longer side
 COLUMNS = 4
+CASE_TILES = 16  # the case table lists every disagreement; the figure shows the first ones
 
 
 def thumbnail(path: Path | None) -> np.ndarray:
@@ -26,13 +28,12 @@ def thumbnail(path: Path | None) -> np.ndarray:
         return np.asarray(image)
 
 
-def square_image(path: Path | None) -> np.ndarray:
-    """The post's image centre-cropped to a square, as the model's evaluation transform sees it."""
-    picture = thumbnail(path)
-    height, width = picture.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return picture[top : top + side, left : left + side]
+def model_view(path: Path | None) -> np.ndarray:
+    """The square part of the post's image that the model sees at evaluation (resized, centre-cropped), as RGB."""
+    if path is None or not Path(path).is_file():
+        return np.full((THUMBNAIL, THUMBNAIL, 3), 200, dtype=np.uint8)
+    with Image.open(path) as image:
+        return np.asarray(evaluation_view(THUMBNAIL)(image.convert("RGB")))
 
 
 def _grid(count: int, tile: tuple[float, float]) -> tuple[Figure, list]:
@@ -53,8 +54,9 @@ def case_study_figure(full: SplitAnalysis, text_only: SplitAnalysis, cases: list
         figure = Figure(figsize=(6, 1.2))
         figure.text(0.5, 0.5, f"full and text-only agree on every {full.split} post", ha="center", va="center")
         return figure
-    figure, axes = _grid(len(cases), (3.4, 4.2))
-    for axis, index in zip(axes, cases, strict=True):
+    shown = cases[:CASE_TILES]
+    figure, axes = _grid(len(shown), (3.4, 4.2))
+    for axis, index in zip(axes, shown, strict=True):
         axis.imshow(thumbnail(full.image_paths[index]))
         axis.set_xticks([])
         axis.set_yticks([])
@@ -70,7 +72,10 @@ def case_study_figure(full: SplitAnalysis, text_only: SplitAnalysis, cases: list
             f" | text-only {names[text_only.predictions[index]]}",
             fontsize=7.5,
         )
-    figure.suptitle(f"Case study: {full.split} posts where full and text-only disagree (frame: full right/wrong)")
+    figure.suptitle(
+        f"Case study: {len(shown)} of the {len(cases)} {full.split} posts where full and text-only disagree "
+        "(frame: full right/wrong)"
+    )
     return figure
 
 
@@ -84,7 +89,7 @@ def attention_figure(analysis: SplitAnalysis, picks: list[tuple[int, int]]) -> F
     figure, axes = _grid(len(picks), (3.0, 3.3))
     for axis, (index, token) in zip(axes, picks, strict=True):
         attention = analysis.attention[index]
-        picture = square_image(analysis.image_paths[index])
+        picture = model_view(analysis.image_paths[index])
         side = picture.shape[0]
         axis.imshow(picture, extent=(0, side, side, 0))
         axis.imshow(

@@ -109,7 +109,8 @@ def token_picks(analysis: SplitAnalysis, cases: list[int], settings: AnalysisSet
     the requested word pieces, or (none requested) the ones that give the image regions the largest share."""
     wanted = [token.lower() for token in settings.tokens]
     picks: list[tuple[int, int]] = []
-    order = cases + [index for index in range(len(analysis.ids)) if index not in set(cases)]
+    listed = set(cases)
+    order = cases + [index for index in range(len(analysis.ids)) if index not in listed]
     for index in order:
         attention = analysis.attention[index]
         candidates = [
