@@ -15,7 +15,6 @@ from PIL import Image
 from clmlf.analysis import SplitAnalysis, analyse_split, disagreements
 from clmlf.config import build_config
 from clmlf.data import load_dataset
-from clmlf.demo_data import ensure_demo_dataset
 from clmlf.evaluate import load_checkpoint
 from clmlf.train import train
 from tracking.analyse import main
@@ -23,15 +22,7 @@ from tracking.analyse import main
 # Two batches per epoch keep the run and its text-only counterpart at seconds; dev and test stay whole.
 FAST = {"max_train_batches": 2}
 FAST_SET = ["--set", "max_train_batches=2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def demo_cache(tmp_path_factory) -> Path:
-    cache = tmp_path_factory.mktemp("clmlf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CLMLF_CACHE_DIR", str(cache))
-        ensure_demo_dataset()
-        yield cache
+pytestmark = pytest.mark.usefixtures("demo_cache")
 
 
 @pytest.fixture(scope="module")
