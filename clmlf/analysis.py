@@ -76,9 +76,10 @@ def fusion_attention(model: CLMLF, layer: int, head: int) -> Iterator[list[torch
     captured: list[torch.Tensor] = []
 
     def capture(module: torch.nn.TransformerEncoderLayer, args: tuple, kwargs: dict) -> None:
-        source = args[0]  # (B, L, D)
+        source = args[0].float()  # (B, L, D)
         padding = kwargs.get("src_key_padding_mask")  # (B, L), True or -inf at padded keys
-        with torch.no_grad():
+        # In fp32 under any autocast: bf16 weights would sum to one only within about 1e-2.
+        with torch.no_grad(), torch.autocast(source.device.type, enabled=False):
             _, weights = module.self_attn(
                 source,
                 source,
@@ -88,7 +89,7 @@ def fusion_attention(model: CLMLF, layer: int, head: int) -> Iterator[list[torch
                 need_weights=True,
                 average_attn_weights=False,
             )  # (B, heads, L, L)
-        captured.append(weights[:, head].float().cpu())
+        captured.append(weights[:, head].cpu())
 
     handle = layers[layer].register_forward_pre_hook(capture, with_kwargs=True)
     try:

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from clmlf.analysis import SplitAnalysis, analyse_split, disagreements, projection
 from clmlf.config import TrainConfig, ablation_row
 from clmlf.evaluate import checkpoint_file, load_checkpoint
+from clmlf.memory import release_memory
 from clmlf.train import train
 from tracking.analyses.figures import attention_figure, case_study_figure, clusters_figure
 from tracking.report.markup import PAGE_STYLE, escape, figure_image, html_table, note
@@ -83,10 +84,13 @@ def analyse(
     if full_run.model.fusion_transformer is None:
         raise ValueError(f"{checkpoint}: a {full_run.config.model.variant!r} model fuses nothing; analyse a fusing one")
     full = analyse_split(full_run, full_state["epoch"], split, settings.layer, settings.head)
+    device = full_run.device
     del full_run
+    release_memory(device)
     text_run, text_state = load_checkpoint(text_only, settings.overrides, log=lambda message: None)
     text = analyse_split(text_run, text_state["epoch"], split)
     del text_run
+    release_memory(device)
     cases = disagreements(full, text)
     picks = token_picks(full, cases, settings)
     projections = {"full": projection(full.representations, settings.seed)}
