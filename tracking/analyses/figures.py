@@ -13,7 +13,7 @@ from PIL import Image
 from clmlf.analysis import SplitAnalysis
 from clmlf.augment import evaluation_view
 
-THUMBNAIL = 160  # pixels on the longer side
+THUMBNAIL = 112  # pixels on the longer side: small enough to embed many in the report
 COLUMNS = 4
 CASE_TILES = 16  # the case table lists every disagreement; the figure shows the first ones
 
