@@ -110,6 +110,7 @@ def retried_html(ranking: Ranking) -> str:
 
 def analyses_html(ranking: Ranking, analyses: str | None) -> str:
     if analyses is None:
-        why = "no trial completed" if ranking.best is None else "the best trial's checkpoint was not given (--best-checkpoint)"
+        given = "the best trial's checkpoint was not given (--best-checkpoint)"
+        why = "no trial completed" if ranking.best is None else given
         return section("The best model's analyses (the paper's Figures 4-6)", note(f"Not drawn: {why}."))
     return section("The best model's analyses (the paper's Figures 4-6)", analyses)
