@@ -32,6 +32,11 @@ def evaluation_transform(image_size: int) -> transforms.Compose:
     return transforms.Compose(_resize_and_crop(image_size) + _to_normalized_tensor())
 
 
+def evaluation_view(image_size: int) -> transforms.Compose:
+    """The part of an image the model sees at evaluation, as a PIL image (for drawing over it)."""
+    return transforms.Compose(_resize_and_crop(image_size))
+
+
 def augmentation_transform(
     image_size: int, randaugment_ops: int, randaugment_magnitude: int, implementation: str = "torchvision"
 ) -> transforms.Compose:

@@ -38,6 +38,19 @@ def evaluate_checkpoint(
     folder: Path, overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print
 ) -> dict[str, dict[str, Any]]:
     """{split: metrics} of the checkpoint in `folder` on dev and test, each with its `<split>/confusion_matrix`."""
+    run, state = load_checkpoint(folder, overrides, log)
+    results = {}
+    for split in SPLITS:
+        metrics, confusion = run.evaluate(split, state["epoch"])
+        results[split] = {**metrics, f"{split}/confusion_matrix": confusion}
+    return results
+
+
+def load_checkpoint(
+    folder: Path, overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print
+) -> tuple[Run, dict[str, Any]]:
+    """A run (data, model) built from the config stored in the checkpoint in `folder`, with `overrides` on top and
+    the checkpoint's weights loaded; and the checkpoint itself."""
     path = checkpoint_file(folder)
     state = torch.load(path, map_location="cpu", weights_only=True)
     flat = {**state["config"], "feature_cache": False, **(overrides or {})}
@@ -47,11 +60,7 @@ def evaluate_checkpoint(
     config = TrainConfig.from_flat_dict(flat)
     run = Run(config, log)
     run.load_model_state(state, path)
-    results = {}
-    for split in SPLITS:
-        metrics, confusion = run.evaluate(split, state["epoch"])
-        results[split] = {**metrics, f"{split}/confusion_matrix": confusion}
-    return results
+    return run, state
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -210,11 +210,11 @@ class Study:
         stored = optuna_study.recorded_location(self.path)
         if stored is not None and not unfinished:
             check_stored_study(stored, len(self.records))
-        report = export_report(self.path, self.parent)
-        folders = {storage.REPORT_FOLDER: report} if report else {}
-        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders)
         analysis = tune.ExperimentAnalysis(self.path)
         selected = selected_checkpoint(analysis, best)
+        report = export_report(self.path, self.parent, selected)
+        folders = {storage.REPORT_FOLDER: report} if report else {}
+        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders)
         model = self.log_model(selected, best) if selected is not None and best is not None else None
         if not self.arguments.keep_checkpoints:
             drop_finished_checkpoints(analysis, keep=selected)
@@ -394,17 +394,21 @@ def print_summary(study: Study, ranking: Ranking, table_keys: list[str], show_tr
         )
 
 
-def export_report(experiment_path: str, study_run: StudyRun) -> Path | None:
-    """The study report (tracking/report/) in the study folder, or under ./reports for remote storage; returns its
-    folder, or None where it could not be written."""
+def export_report(experiment_path: str, study_run: StudyRun, best: tune.Checkpoint | None) -> Path | None:
+    """The study report (tracking/report/) with the analyses of the `best` checkpoint in the study folder, or under
+    ./reports for remote storage; returns its folder, or None where it could not be written. The analyses' text-only
+    counterpart is trained beside the report, not in it: the report folder goes to MLflow, a checkpoint need not."""
     from tracking.report import write_study_report
 
-    if storage.is_remote(experiment_path):
-        output = Path("reports", study_run.study_name)
-    else:
-        output = Path(experiment_path, storage.REPORT_FOLDER)
+    local = not storage.is_remote(experiment_path)
+    output = Path(experiment_path, storage.REPORT_FOLDER) if local else Path("reports", study_run.study_name)
     try:
-        write_study_report(output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id])
+        with best.as_directory() if best is not None else contextlib.nullcontext() as checkpoint:
+            write_study_report(
+                output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id],
+                best_checkpoint=Path(checkpoint) if checkpoint else None,
+                text_only_dir=output.parent / f"{output.name}-text-only",
+            )  # fmt: skip
     except Exception as error:  # the study's results are exported already; a report problem must not hide them
         print(f"warning: the study report was not written: {type(error).__name__}: {error}", file=sys.stderr)
         return None

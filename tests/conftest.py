@@ -46,6 +46,19 @@ def clmlf_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield cache_dir
 
 
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The demo set generated once per module into a private cache, which the trainer finds through
+    CLMLF_CACHE_DIR."""
+    from clmlf.demo_data import ensure_demo_dataset
+
+    cache = tmp_path_factory.mktemp("clmlf-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLMLF_CACHE_DIR", str(cache))
+        ensure_demo_dataset()
+        yield cache
+
+
 @dataclass(frozen=True)
 class RayCluster:
     address: str

@@ -165,3 +165,26 @@ def test_a_folder_without_a_study_is_refused_with_its_name(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ResultsError, match=re.escape(f"{tmp_path / 'empty'}: not a Tune study folder")):
         read_tune_trials(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_analyses_of_the_kept_best_model_and_logs_them(smoke_sweep):
+    from mlflow.tracking import MlflowClient
+
+    folder = study_folder(smoke_sweep)
+    report = folder / "report" / "demo"
+    page = (report / "report.html").read_text()
+    for heading in ("Case study", "Attention maps", "Cluster plots"):
+        assert heading in page
+    assert 'id="case-study"' in page
+    written = json.loads((report / "analysis" / "analysis.json").read_text())
+    assert len(written["clusters"]["full"]) == len(written["clusters"]["text-only"]) == written["posts"]
+    # The model analysed is the checkpoint the study kept of its best trial.
+    best_trial = json.loads((report / "best_config.provenance.json").read_text())["best_trial_id"]
+    assert best_trial in written["models"]["full"]
+    # The text-only counterpart's checkpoint lies beside the report, which goes to MLflow, not in it.
+    assert (folder / "report-text-only" / "checkpoint" / "state.pt").is_file()
+    assert not (report / "analysis" / "text-only").exists()
+    client = MlflowClient(tracking_uri(smoke_sweep))
+    logged = {item.path for item in client.list_artifacts(parent_run_id(smoke_sweep), "report/demo/analysis")}
+    assert {f"report/demo/analysis/{name}" for name in ("analysis.json", "clusters.png", "attention.svg")} <= logged

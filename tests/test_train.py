@@ -20,7 +20,6 @@ from fixtures import write_dataset
 
 from clmlf.config import PRESETS, TrainConfig, build_config
 from clmlf.data import DataError, load_dataset
-from clmlf.demo_data import ensure_demo_dataset
 from clmlf.metrics import majority_class_accuracy
 from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, TrainResult, main, train
 
@@ -29,6 +28,8 @@ LABEL_NAMES = ("positive", "neutral", "negative")
 # Two batches per epoch keep a two-phase run on the 600-post demo set at seconds; dev and test stay whole.
 FAST = {"max_train_batches": 2}
 SUMMARY_KEYS = ("acc", "f1_weighted", "f1_macro")
+# Every test here finds the demo set in a private cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("demo_cache")
 
 
 def split_keys(split: str) -> set[str]:
@@ -80,16 +81,6 @@ def record_training(config: TrainConfig, output: Path | None = None, resume_from
 
     result = train(config, report, output_dir=output, resume_from=resume_from, log=lambda message: None)
     return RecordedRun(config, result, reports, output)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def demo_cache(tmp_path_factory) -> Path:
-    """The demo set generated once into a private cache, which the trainer finds through CLMLF_CACHE_DIR."""
-    cache = tmp_path_factory.mktemp("clmlf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CLMLF_CACHE_DIR", str(cache))
-        ensure_demo_dataset()
-        yield cache
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,17 @@ def write_study_report(
     parent_run_ids: list[str] | None = None,
     experiment_names: list[str] | None = None,
     tune_dirs: list[Path] | None = None,
+    best_checkpoint: Path | None = None,
+    text_only_dir: Path | None = None,
 ) -> dict[str, Path]:
     """Read the studies, write `<output_dir>/<dataset>/` for every data set among them; returns dataset -> folder.
 
     MLflow is read when a tracking URI, parent runs or experiments are given, or when no Tune folder is: the
     named parent runs' children and the named experiments' trial runs, or, when neither is named, every
     `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`).
+
+    best_checkpoint: the best trial's checkpoint folder of a one-data-set study; its analyses (tracking/analyses/)
+    go into the report, against a text-only counterpart trained once into `text_only_dir`.
     """
     # Imported here so that the command line's --help needs neither MLflow, Ray nor matplotlib.
     from tracking.report.files import write_dataset_report
@@ -44,11 +49,14 @@ def write_study_report(
     if not trials:
         raise ResultsError("no trials found in the given studies (check the experiment names, run ids and folders)")
 
+    datasets = sorted({trial.dataset for trial in trials})
+    if best_checkpoint is not None and len(datasets) > 1:
+        raise ResultsError(f"a best checkpoint belongs to one data set's study; these trials cover {datasets}")
     folders: dict[str, Path] = {}
-    for dataset in sorted({trial.dataset for trial in trials}):
+    for dataset in datasets:
         ranking = rank(dataset, [trial for trial in trials if trial.dataset == dataset])
         folder = Path(output_dir) / _safe_name(dataset)
-        written = write_dataset_report(ranking, folder)
+        written = write_dataset_report(ranking, folder, best_checkpoint, text_only_dir)
         folders[dataset] = folder
         print(
             f"report {dataset}: {len(ranking.completed)} completed and {len(ranking.failed)} failed trial(s) in "

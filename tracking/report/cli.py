@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tune-dir", action="append", default=[], type=Path, help="a study's Tune folder, or a folder that holds them"
     )
+    parser.add_argument(
+        "--best-checkpoint", type=Path, help="the best trial's checkpoint folder: adds its analyses (Figures 4-6)"
+    )
     parser.add_argument("--output", required=True, type=Path, help="folder for <dataset>/ report folders")
     args = parser.parse_args(argv)
 
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             parent_run_ids=args.parent_run_id or None,
             experiment_names=args.experiment or None,
             tune_dirs=args.tune_dir or None,
+            best_checkpoint=args.best_checkpoint,
         )
     except ResultsError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,11 +16,22 @@ from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, TEST_METRICS
 
 BEST_CONFIG = "best_config.json"
 PROVENANCE = "best_config.provenance.json"
+ANALYSIS_FOLDER = "analysis"
 
 
-def write_dataset_report(ranking: Ranking, folder: Path) -> list[Path]:
+def write_dataset_report(
+    ranking: Ranking, folder: Path, best_checkpoint: Path | None = None, text_only_dir: Path | None = None
+) -> list[Path]:
+    """The report files in `folder`; with `best_checkpoint` (the best trial's model), its analyses too, in
+    `folder/analysis/` and on the page, against a text-only counterpart trained once into `text_only_dir`."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    analyses = None
+    if best_checkpoint is not None and ranking.best is not None:
+        from tracking.analyses.report import best_model_analyses
+
+        analyses, files = best_model_analyses(best_checkpoint, folder / ANALYSIS_FOLDER, text_only_dir)
+        written += files
     if ranking.best is not None:
         written += write_best_config(ranking, folder)
     else:
@@ -29,7 +40,7 @@ def write_dataset_report(ranking: Ranking, folder: Path) -> list[Path]:
             stale.unlink(missing_ok=True)
     summary_frame(ranking).to_csv(folder / "summary.csv", index=False)
     (folder / "summary.md").write_text(summary_markdown(ranking))
-    (folder / "report.html").write_text(report_html(ranking))
+    (folder / "report.html").write_text(report_html(ranking, analyses))
     return [*written, folder / "summary.csv", folder / "summary.md", folder / "report.html"]
 
 

@@ -10,7 +10,8 @@ from tracking.results.ranking import RANKING_RULE, Ranking
 from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, f1_metric_of
 
 
-def report_html(ranking: Ranking) -> str:
+def report_html(ranking: Ranking, analyses: str | None = None) -> str:
+    """The page; `analyses` is the HTML of the best model's analyses (tracking/analyses/report.py), if any."""
     title = f"CLMLF study report: {ranking.dataset}"
     sections = [
         f"<h1>{escape(title)}</h1>",
@@ -21,6 +22,7 @@ def report_html(ranking: Ranking) -> str:
         loss_effects_html(ranking),
         importances_html(ranking),
         studies_vs_paper_html(ranking),
+        analyses_html(ranking, analyses),
         ablation_html(ranking),
         confirmation_html(ranking),
         failed_html(ranking),
@@ -105,3 +107,11 @@ def retried_html(ranking: Ranking) -> str:
         html_table(*retried_rows(ranking)),
         note("Restarted from their last checkpoint after a failure, such as a lost worker node."),
     )
+
+
+def analyses_html(ranking: Ranking, analyses: str | None) -> str:
+    if analyses is None:
+        given = "the best trial's checkpoint was not given (--best-checkpoint)"
+        why = "no trial completed" if ranking.best is None else given
+        return section("The best model's analyses (the paper's Figures 4-6)", note(f"Not drawn: {why}."))
+    return section("The best model's analyses (the paper's Figures 4-6)", analyses)
