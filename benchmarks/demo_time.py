@@ -109,7 +109,8 @@ def main() -> int:
     for label, seconds in times.items():
         print(f"{label:>12}: {seconds:7.1f} s")
     if len(times) == 2:
-        print(f"{'ratio':>12}: {times[arguments.revision] / times['current']:7.2f}x faster ({arguments.revision} / current)")
+        ratio = times[arguments.revision] / times["current"]
+        print(f"{'ratio':>12}: {ratio:7.2f}x faster ({arguments.revision} / current)")
     return 0
 
 

@@ -84,7 +84,8 @@ def phase_aware_scheduler(
 
     The text-frozen phase says little about a configuration: a grace period that ends inside it would stop
     trials before they really start. So the grace period is at least frozen_text_epochs + 1 epochs (its
-    default; the whole run when there is no fine-tuning phase), time is counted in epochs, and only dev metrics may prune (test never decides anything).
+    default; the whole run when there is no fine-tuning phase), time is counted in epochs, and only dev metrics
+    may prune (test never decides anything).
     """
     from ray.tune.schedulers import ASHAScheduler
 
