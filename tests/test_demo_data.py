@@ -230,7 +230,7 @@ def test_image_cue_is_learnable_from_downsampled_pixels(default_root):
 
     image_borne = {IMAGE_BORNE}
     assert nearest_centroid_accuracy(examples("train", image_borne), examples("test", image_borne)) > 0.9
-    every_kind = {TEXT_BORNE, IMAGE_BORNE, BOTH, NEUTRAL}
+    every_kind = {TEXT_BORNE, IMAGE_BORNE, BOTH, IRONIC, NEUTRAL}
     assert nearest_centroid_accuracy(examples("train", every_kind), examples("test", every_kind)) > 0.9
 
 
@@ -285,6 +285,9 @@ def test_command_line_writes_the_requested_sizes(tmp_path, capsys):
     first_id = load_split(tmp_path, "train")[0]["id"]
     with Image.open(tmp_path / "demo" / "dataset_image" / f"{first_id}.jpg") as image:
         assert image.size == (48, 48)
-    assert "21 posts" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "21 posts" in printed
+    # round(0.1 * 10) = 1 of the 10 training posts is mislabelled; none of the 5 dev posts.
+    assert "best achievable accuracy 0.900" in printed and "best achievable accuracy 1.000" in printed
     with pytest.raises(SystemExit):
         main(["--output", str(tmp_path)])
