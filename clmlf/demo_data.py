@@ -6,9 +6,9 @@ smiling or frowning face under a factual caption, "both" posts agree in the two,
 what the face shows (praise over a frown is sarcasm, a complaint over a grin a joke; the face tells the sentiment),
 and neutral posts are neutral in both. A text-only or image-only model therefore tops out at 70% of the designed
 labels, while a model that fuses the two can get all of them. A fixed share of every split is mislabelled, as an
-annotator's mistakes would be: no model can be right on those, so the best achievable accuracy on any split is
-1 - MISLABELLED_FRACTION, which leaves room for settings to matter. Output is byte-identical for the same seed and
-arguments.
+annotator's mistakes would be: nothing in a post tells which label was drawn, so the best achievable accuracy
+on any split is 1 - MISLABELLED_FRACTION, which leaves room for settings to matter. Output is byte-identical for
+the same seed and arguments.
 """
 
 from __future__ import annotations
