@@ -2,9 +2,13 @@
 
 Every post pairs a short tweet-like text with a drawn image, and its label needs both modalities:
 text-borne posts carry their sentiment in the words over a neutral picture, image-borne posts carry it in a
-smiling or frowning face under a factual caption, "both" posts agree in the two, and neutral posts are
-neutral in both. A text-only or image-only model therefore tops out near 70% accuracy, while a model that
-fuses the two can approach 100%. Output is byte-identical for the same seed and arguments.
+smiling or frowning face under a factual caption, "both" posts agree in the two, ironic posts say the opposite of
+what the face shows (praise over a frown is sarcasm, a complaint over a grin a joke; the face tells the sentiment),
+and neutral posts are neutral in both. A text-only or image-only model therefore tops out at 70% of the designed
+labels, while a model that fuses the two can get all of them. A fixed share of every split is mislabelled, as an
+annotator's mistakes would be: nothing in a post tells which label was drawn, so the best achievable accuracy
+on any split is 1 - MISLABELLED_FRACTION, which leaves room for settings to matter. Output is byte-identical for
+the same seed and arguments.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DATASET_FOLDER = "demo"
 SPLIT_FOLDER = "10-flod-1"  # the original code's spelling, kept so the MVSA readers work unchanged
 TRANSLATION_FILE = "demo_translation.json"
@@ -35,14 +39,19 @@ JPEG_QUALITY = 90
 CACHE_DIR_VARIABLE = "CLMLF_CACHE_DIR"
 
 LABEL_OF_SENTIMENT = {"positive": 0, "neutral": 1, "negative": 2}
+LABEL_NAMES = {label: sentiment for sentiment, label in LABEL_OF_SENTIMENT.items()}
 
 TEXT_BORNE = "text_borne"
 IMAGE_BORNE = "image_borne"
 BOTH = "both"
+IRONIC = "ironic"
 NEUTRAL = "neutral"
-# A single modality sees the sentiment of text-borne + both (or image-borne + both) posts and can at best call
-# everything else neutral: 0.30 + 0.15 + 0.25 = 0.70. Neutral at 25% keeps every label at a quarter or more.
-KIND_FRACTIONS = {TEXT_BORNE: 0.30, IMAGE_BORNE: 0.30, BOTH: 0.15, NEUTRAL: 0.25}
+# The best a single modality can do on the designed labels: the words are right on text-borne, both and neutral
+# posts (0.30 + 0.15 + 0.25 = 0.70) and wrong on ironic ones; the face is right on everything but text-borne posts
+# (1 - 0.30 = 0.70), which look neutral to it. Neutral at 25% keeps every label at a quarter or more.
+KIND_FRACTIONS = {TEXT_BORNE: 0.30, IMAGE_BORNE: 0.15, BOTH: 0.15, IRONIC: 0.15, NEUTRAL: 0.25}
+# Share of every split whose label is replaced by one of the two other labels, drawn uniformly.
+MISLABELLED_FRACTION = 0.10
 
 WORDS_PER_TEXT = (8, 16)
 # Drawing at twice the size and downsampling gives anti-aliased edges, which PIL's primitives lack.
@@ -53,9 +62,11 @@ NEUTRAL_SUBJECTS = ("face", "house", "tree", "car")
 
 @dataclass(frozen=True)
 class DemoSizes:
-    train: int = 400
-    dev: int = 150
-    test: int = 150
+    # Few training posts leave room for the contrastive terms; dev as large as train keeps seed-to-seed noise in the
+    # dev score (which ranks every trial) small.
+    train: int = 300
+    dev: int = 300
+    test: int = 300
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -78,14 +89,21 @@ class DemoPost:
     image_subject: str
     text: str
     text_translation: str
+    # The label written to the split file: the designed sentiment's, except on mislabelled posts.
+    emotion_label: int
 
     @property
     def sentiment(self) -> str:
-        return self.text_sentiment if self.text_sentiment != "neutral" else self.image_sentiment
+        """The designed sentiment: the face's where it shows one (it wins over contradicting words), else the words'."""
+        return self.image_sentiment if self.image_sentiment != "neutral" else self.text_sentiment
 
     @property
-    def emotion_label(self) -> int:
+    def designed_label(self) -> int:
         return LABEL_OF_SENTIMENT[self.sentiment]
+
+    @property
+    def mislabelled(self) -> bool:
+        return self.emotion_label != self.designed_label
 
 
 # Every vocabulary entry is a group of synonyms: the text uses one member, the translation another, which is
@@ -635,8 +653,9 @@ def _kind_counts(size: int) -> dict[str, int]:
     return counts
 
 
-def _plan_split(size: int, rng: random.Random) -> list[tuple[str, str]]:
-    """(kind, sentiment) for each post of one split, shuffled; sentiment-bearing kinds are half positive."""
+def _plan_split(size: int, rng: random.Random) -> list[tuple[str, str, int]]:
+    """(kind, designed sentiment, label) for each post of one split, shuffled; sentiment-bearing kinds are half
+    positive; exactly round(MISLABELLED_FRACTION * size) posts get another label than their sentiment's."""
     plan: list[tuple[str, str]] = []
     for kind, count in _kind_counts(size).items():
         if kind == NEUTRAL:
@@ -645,18 +664,34 @@ def _plan_split(size: int, rng: random.Random) -> list[tuple[str, str]]:
         positives = count // 2 + (count % 2 if rng.random() < 0.5 else 0)
         plan += [(kind, "positive")] * positives + [(kind, "negative")] * (count - positives)
     rng.shuffle(plan)
-    return plan
+    mislabelled = set(rng.sample(range(size), round(MISLABELLED_FRACTION * size)))
+    labelled = []
+    for index, (kind, sentiment) in enumerate(plan):
+        label = LABEL_OF_SENTIMENT[sentiment]
+        if index in mislabelled:
+            label = rng.choice([other for other in LABEL_OF_SENTIMENT.values() if other != label])
+        labelled.append((kind, sentiment, label))
+    return labelled
 
 
-def _make_post(post_id: str, split: str, kind: str, sentiment: str, seed: int) -> tuple[DemoPost, random.Random]:
-    text_sentiment = sentiment if kind in (TEXT_BORNE, BOTH) else "neutral"
-    image_sentiment = sentiment if kind in (IMAGE_BORNE, BOTH) else "neutral"
+def _modality_sentiments(kind: str, sentiment: str) -> tuple[str, str]:
+    """(text, image) sentiment of a post of this kind whose designed sentiment is `sentiment`."""
+    opposite = {"positive": "negative", "negative": "positive", "neutral": "neutral"}[sentiment]
+    text_sentiment = {TEXT_BORNE: sentiment, BOTH: sentiment, IRONIC: opposite}.get(kind, "neutral")
+    image_sentiment = sentiment if kind in (IMAGE_BORNE, BOTH, IRONIC) else "neutral"
+    return text_sentiment, image_sentiment
+
+
+def _make_post(
+    post_id: str, split: str, kind: str, sentiment: str, label: int, seed: int
+) -> tuple[DemoPost, random.Random]:
+    text_sentiment, image_sentiment = _modality_sentiments(kind, sentiment)
     # Separate streams per post and per modality: changing one post or the text templates leaves the rest alone.
     text_rng = random.Random(f"clmlf-demo-text:{seed}:{post_id}")
     image_rng = random.Random(f"clmlf-demo-image:{seed}:{post_id}")
     subject = "face" if image_sentiment != "neutral" else image_rng.choice(NEUTRAL_SUBJECTS)
     text, translation = _compose_text(text_sentiment, text_rng)
-    post = DemoPost(post_id, split, kind, text_sentiment, image_sentiment, subject, text, translation)
+    post = DemoPost(post_id, split, kind, text_sentiment, image_sentiment, subject, text, translation, label)
     return post, image_rng
 
 
@@ -685,8 +720,8 @@ def generate_demo_dataset(
     ids = [str(number) for number in rng.sample(range(1, 20 * sizes.total + 1), sizes.total)]
     posts: list[DemoPost] = []
     for split in SPLITS:
-        for kind, sentiment in _plan_split(getattr(sizes, split), rng):
-            post, image_rng = _make_post(ids[len(posts)], split, kind, sentiment, seed)
+        for kind, sentiment, label in _plan_split(getattr(sizes, split), rng):
+            post, image_rng = _make_post(ids[len(posts)], split, kind, sentiment, label, seed)
             image = draw_demo_image(post.image_sentiment, post.image_subject, image_size, image_rng)
             image.save(directory / IMAGE_FOLDER / f"{post.id}.jpg", format="JPEG", quality=JPEG_QUALITY)
             posts.append(post)
@@ -711,11 +746,18 @@ def generate_demo_dataset(
             "image_size": image_size,
             "jpeg_quality": JPEG_QUALITY,
             "kind_fractions": KIND_FRACTIONS,
+            "mislabelled_fraction": MISLABELLED_FRACTION,
             "kind_counts": {
                 split: dict(Counter(post.kind for post in posts if post.split == split)) for split in SPLITS
             },
             "label_counts": {
-                split: dict(Counter(post.sentiment for post in posts if post.split == split)) for split in SPLITS
+                split: dict(Counter(LABEL_NAMES[post.emotion_label] for post in posts if post.split == split))
+                for split in SPLITS
+            },
+            # Right on every post but the mislabelled ones: what a model that recovers each designed label scores.
+            "best_achievable_accuracy": {
+                split: sum(not post.mislabelled for post in posts if post.split == split) / getattr(sizes, split)
+                for split in SPLITS
             },
             "posts": [
                 {
@@ -725,6 +767,7 @@ def generate_demo_dataset(
                     "text_sentiment": post.text_sentiment,
                     "image_sentiment": post.image_sentiment,
                     "image_subject": post.image_subject,
+                    "designed_label": post.designed_label,
                 }
                 for post in posts
             ],
@@ -798,7 +841,10 @@ def main(argv: list[str] | None = None) -> None:
     generation = json.loads((data_root / DATASET_FOLDER / GENERATION_FILE).read_text(encoding="utf-8"))
     print(f"wrote {sizes.total} posts to {data_root / DATASET_FOLDER}")
     for split in SPLITS:
-        print(f"  {split}: kinds {generation['kind_counts'][split]}, labels {generation['label_counts'][split]}")
+        print(
+            f"  {split}: kinds {generation['kind_counts'][split]}, labels {generation['label_counts'][split]}, "
+            f"best achievable accuracy {generation['best_achievable_accuracy'][split]:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -117,9 +117,21 @@ class Classifier(nn.Module):
         return self.layers(representation)
 
 
-def projection_head(width: int) -> nn.Sequential:
-    """The contrastive tasks' projection heads (the original code has them; the paper does not)."""
-    return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+def projection_head(width: int, init_scale: float) -> nn.Sequential:
+    """The contrastive tasks' projection heads (the original code has them; the paper does not).
+
+    The output layer starts at `init_scale` times PyTorch's default initialisation. At the default scale the
+    unnormalised similarities r r^T / tau start far apart, so both contrastive losses start far above log B, the
+    value they take when every projection is the same; their gradient then outweighs L_sc's by orders of magnitude
+    and points at exactly that, which a deep post-LN fusion stack reaches within a few steps and never leaves (the
+    fused representation no longer depends on the input). Near zero, the losses start at log B and L_sc shapes the
+    representation first.
+    """
+    head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+    with torch.no_grad():
+        head[-1].weight.mul_(init_scale)
+        head[-1].bias.mul_(init_scale)
+    return head
 
 
 class CLMLF(nn.Module):
@@ -153,8 +165,8 @@ class CLMLF(nn.Module):
             )
         self.classes = classes
         self.classifier = Classifier(width, config.classifier_outputs or classes, config.dropout)
-        self.lbcl_head = projection_head(width)
-        self.dbcl_head = projection_head(width)
+        self.lbcl_head = projection_head(width, config.projection_init_scale)
+        self.dbcl_head = projection_head(width, config.projection_init_scale)
         # Same dropout, cheaper masks on CPU (see clmlf/dropout.py).
         use_fast_cpu_dropout(self)
 

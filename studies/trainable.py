@@ -84,12 +84,14 @@ def phase_aware_scheduler(
 
     The text-frozen phase says little about a configuration: a grace period that ends inside it would stop
     trials before they really start. So the grace period is at least frozen_text_epochs + 1 epochs (its
-    default), time is counted in epochs, and only dev metrics may prune (test never decides anything).
+    default; the whole run when there is no fine-tuning phase), time is counted in epochs, and only dev metrics
+    may prune (test never decides anything).
     """
     from ray.tune.schedulers import ASHAScheduler
 
     config = TrainConfig.from_flat_dict(base)
-    earliest = config.frozen_text_epochs + 1
+    # A run without a fine-tuning phase (the demo preset) is text-frozen to its end, and judged there.
+    earliest = min(config.frozen_text_epochs + 1, config.epochs)
     grace_period = earliest if grace_period is None else grace_period
     if time_attr != EPOCHS_COMPLETED:
         raise StudyInputError(f"scheduler time_attr {time_attr!r}: ASHA must count epochs ({EPOCHS_COMPLETED!r})")
@@ -98,7 +100,7 @@ def phase_aware_scheduler(
     if grace_period < earliest:
         raise StudyInputError(
             f"--grace-period {grace_period}: ends inside the text-frozen phase ({config.frozen_text_epochs} "
-            f"epochs); it must be >= frozen_text_epochs + 1 = {earliest}"
+            f"epochs); it must be >= frozen_text_epochs + 1, or the whole run without fine-tuning: {earliest}"
         )
     if grace_period > config.epochs:
         raise StudyInputError(f"--grace-period {grace_period}: longer than the whole run ({config.epochs} epochs)")

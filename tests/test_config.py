@@ -162,6 +162,7 @@ def test_values_that_cannot_be_coerced_name_the_field(key, value):
         ({"model.variant": "text-and-audio"}, "model.variant"),
         ({"lbcl_variant": "supcon"}, "lbcl_variant"),
         ({"model.dropout": 1.0}, "model.dropout"),
+        ({"model.projection_init_scale": 0}, "model.projection_init_scale"),
         ({"model.image_weights": "imagenet21k"}, "model.image_weights"),
         ({"batch_size": 1}, "batch_size"),
         ({"frozen_text_epochs": 0, "finetune_epochs": 0}, "finetune_epochs"),

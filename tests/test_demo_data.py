@@ -13,6 +13,8 @@ from clmlf.demo_data import (
     COMPLETE_MARKER,
     DEMO_VERSION,
     IMAGE_BORNE,
+    IRONIC,
+    MISLABELLED_FRACTION,
     NEUTRAL,
     SENTIMENT_VOCABULARY,
     TEXT_BORNE,
@@ -23,6 +25,8 @@ from clmlf.demo_data import (
 )
 
 SMALL = DemoSizes(train=40, dev=12, test=12)
+DEFAULT = DemoSizes()
+LABEL_OF = {"positive": 0, "neutral": 1, "negative": 2}
 # Sentiment words chosen independently of the generator's lists: none may leak into a neutral text.
 SENTIMENT_WORDS = {
     "love", "hate", "happy", "sad", "amazing", "terrible", "awful", "great", "wonderful", "horrible", "angry",
@@ -101,7 +105,7 @@ def test_layout_and_json_shapes_match_the_mvsa_format(tmp_path):
 
 def test_ids_are_unique_across_splits_and_not_contiguous(default_root):
     ids = [record["id"] for split in ("train", "dev", "test") for record in load_split(default_root, split)]
-    assert len(ids) == len(set(ids)) == 700
+    assert len(ids) == len(set(ids)) == DEFAULT.total
     numbers = sorted(int(post_id) for post_id in ids)
     assert numbers[-1] - numbers[0] + 1 > len(numbers)
     assert [int(post_id) for post_id in ids] != numbers
@@ -110,12 +114,11 @@ def test_ids_are_unique_across_splits_and_not_contiguous(default_root):
 def test_every_label_has_at_least_a_fifth_of_train(default_root):
     labels = Counter(record["emotion_label"] for record in load_split(default_root, "train"))
     assert set(labels) == {0, 1, 2}
-    assert all(count >= 0.2 * 400 for count in labels.values()), labels
+    assert all(count >= 0.2 * DEFAULT.train for count in labels.values()), labels
 
 
 def test_kinds_are_stratified_and_labels_follow_the_kind(default_root):
     posts = load_posts(default_root)
-    label_of = {"positive": 0, "neutral": 1, "negative": 2}
     for post in posts.values():
         if post["kind"] == TEXT_BORNE:
             assert post["image_sentiment"] == "neutral" and post["text_sentiment"] != "neutral"
@@ -124,29 +127,57 @@ def test_kinds_are_stratified_and_labels_follow_the_kind(default_root):
             assert post["image_subject"] == "face"
         elif post["kind"] == BOTH:
             assert post["text_sentiment"] == post["image_sentiment"] != "neutral"
+        elif post["kind"] == IRONIC:
+            assert {post["text_sentiment"], post["image_sentiment"]} == {"positive", "negative"}
+            assert post["image_subject"] == "face"
         else:
             assert post["kind"] == NEUTRAL and post["text_sentiment"] == post["image_sentiment"] == "neutral"
-        sentiment = post["text_sentiment"] if post["text_sentiment"] != "neutral" else post["image_sentiment"]
-        assert post["emotion_label"] == label_of[sentiment]
-    for split, size in [("train", 400), ("dev", 150), ("test", 150)]:
+        # The face decides where it shows a sentiment (also against the words), else the words do.
+        sentiment = post["image_sentiment"] if post["image_sentiment"] != "neutral" else post["text_sentiment"]
+        assert post["designed_label"] == LABEL_OF[sentiment]
+    for split, size in [("train", DEFAULT.train), ("dev", DEFAULT.dev), ("test", DEFAULT.test)]:
         kinds = Counter(post["kind"] for post in posts.values() if post["split"] == split)
         assert abs(kinds[TEXT_BORNE] / size - 0.30) < 0.02 and abs(kinds[NEUTRAL] / size - 0.25) < 0.02, kinds
+        assert abs(kinds[IRONIC] / size - 0.15) < 0.02, kinds
+
+
+def test_a_fixed_share_of_every_split_is_mislabelled_at_random(default_root):
+    posts = list(load_posts(default_root).values())
+    generation = read_json(default_root / "demo" / "generation.json")
+    for split, size in [("train", DEFAULT.train), ("dev", DEFAULT.dev), ("test", DEFAULT.test)]:
+        in_split = [post for post in posts if post["split"] == split]
+        mislabelled = [post for post in in_split if post["emotion_label"] != post["designed_label"]]
+        assert len(mislabelled) == round(MISLABELLED_FRACTION * size)
+        assert generation["best_achievable_accuracy"][split] == pytest.approx(1 - len(mislabelled) / size)
+        # Mistakes hit every kind and every label, not one corner of the design.
+        assert len({post["kind"] for post in mislabelled}) >= 4
+        assert {post["emotion_label"] for post in mislabelled} == {0, 1, 2}
+
+
+def best_accuracy_from(posts: list[dict], keys: tuple[str, ...], label: str) -> float:
+    """The best any classifier that sees only `keys` of a post can score on `label`: the majority per value."""
+    counts: dict[tuple, Counter] = {}
+    for post in posts:
+        counts.setdefault(tuple(post[key] for key in keys), Counter())[post[label]] += 1
+    return sum(max(counter.values()) for counter in counts.values()) / len(posts)
 
 
 def test_neither_modality_alone_decides_the_label(default_root):
     posts = list(load_posts(default_root).values())
     neutral_text = [post for post in posts if post["text_sentiment"] == "neutral"]
     neutral_image = [post for post in posts if post["image_sentiment"] == "neutral"]
-    assert 0.4 < sum(post["emotion_label"] != 1 for post in neutral_text) / len(neutral_text) < 0.7
-    assert 0.4 < sum(post["emotion_label"] != 1 for post in neutral_image) / len(neutral_image) < 0.7
+    assert 0.3 < sum(post["designed_label"] != 1 for post in neutral_text) / len(neutral_text) < 0.7
+    assert 0.4 < sum(post["designed_label"] != 1 for post in neutral_image) / len(neutral_image) < 0.7
+    # The words contradict the label on ironic posts, so even a perfect reading of the text is wrong there.
+    ironic = [post for post in posts if post["kind"] == IRONIC]
+    assert all(LABEL_OF[post["text_sentiment"]] != post["designed_label"] for post in ironic)
 
-    def best_single_modality_accuracy(modality: str) -> float:
-        # The best any model of one modality can do: right on posts whose cue it sees, "neutral" on the rest.
-        label_of = {"positive": 0, "neutral": 1, "negative": 2}
-        return float(np.mean([label_of[post[modality]] == post["emotion_label"] for post in posts]))
-
-    assert 0.65 < best_single_modality_accuracy("text_sentiment") < 0.75
-    assert 0.65 < best_single_modality_accuracy("image_sentiment") < 0.75
+    for modality in ("text_sentiment", "image_sentiment"):
+        assert 0.65 < best_accuracy_from(posts, (modality,), "designed_label") < 0.75
+        assert best_accuracy_from(posts, (modality,), "emotion_label") < 0.72
+    assert best_accuracy_from(posts, ("text_sentiment", "image_sentiment"), "designed_label") == 1.0
+    both = best_accuracy_from(posts, ("text_sentiment", "image_sentiment"), "emotion_label")
+    assert both == pytest.approx(1 - MISLABELLED_FRACTION, abs=0.01)
 
 
 def test_texts_carry_their_sentiment_in_words(default_root):
@@ -199,7 +230,7 @@ def test_image_cue_is_learnable_from_downsampled_pixels(default_root):
 
     image_borne = {IMAGE_BORNE}
     assert nearest_centroid_accuracy(examples("train", image_borne), examples("test", image_borne)) > 0.9
-    every_kind = {TEXT_BORNE, IMAGE_BORNE, BOTH, NEUTRAL}
+    every_kind = {TEXT_BORNE, IMAGE_BORNE, BOTH, IRONIC, NEUTRAL}
     assert nearest_centroid_accuracy(examples("train", every_kind), examples("test", every_kind)) > 0.9
 
 
@@ -220,7 +251,7 @@ def test_ensure_generates_once_and_reuses(tmp_path):
     stamp = generation.stat().st_mtime_ns
     assert ensure_demo_dataset(tmp_path, seed=2) == data_root
     assert generation.stat().st_mtime_ns == stamp
-    assert len(load_split(data_root, "train")) == 400
+    assert len(load_split(data_root, "train")) == DEFAULT.train
     assert [child.name for child in tmp_path.iterdir()] == [data_root.name]
 
 
@@ -244,7 +275,7 @@ def test_ensure_is_safe_when_processes_race(tmp_path):
     assert roots[0] == roots[1] == roots[2] == tmp_path / f"demo-v{DEMO_VERSION}-seed0"
     assert (roots[0] / "demo" / COMPLETE_MARKER).is_file()
     ids = [record["id"] for split in ("train", "dev", "test") for record in load_split(roots[0], split)]
-    assert len(list((roots[0] / "demo" / "dataset_image").iterdir())) == len(ids) == 700
+    assert len(list((roots[0] / "demo" / "dataset_image").iterdir())) == len(ids) == DEFAULT.total
     assert [child.name for child in tmp_path.iterdir()] == [roots[0].name]
 
 
@@ -254,6 +285,9 @@ def test_command_line_writes_the_requested_sizes(tmp_path, capsys):
     first_id = load_split(tmp_path, "train")[0]["id"]
     with Image.open(tmp_path / "demo" / "dataset_image" / f"{first_id}.jpg") as image:
         assert image.size == (48, 48)
-    assert "21 posts" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "21 posts" in printed
+    # round(0.1 * 10) = 1 of the 10 training posts is mislabelled; none of the 5 dev posts.
+    assert "best achievable accuracy 0.900" in printed and "best achievable accuracy 1.000" in printed
     with pytest.raises(SystemExit):
         main(["--output", str(tmp_path)])

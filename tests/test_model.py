@@ -4,11 +4,13 @@ which parameters learn in each training phase."""
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
 import torchvision
 from fixtures import write_dataset
+from torch import nn
 
 from clmlf.config import ModelConfig, ablation_row, build_config
 from clmlf.data import dataset_spec
@@ -19,7 +21,8 @@ from clmlf.encoders import (
     load_tokenizer,
     text_encoder_width,
 )
-from clmlf.model import CLMLF, ModelInputs
+from clmlf.losses import data_based_contrastive_loss, label_based_contrastive_loss
+from clmlf.model import CLMLF, ModelInputs, projection_head
 from clmlf.train import Run
 
 TEXTS = ["what a lovely sunny day at the beach", "meh"]
@@ -342,3 +345,31 @@ def test_the_text_only_row_fine_tunes_the_text_encoder_from_the_first_epoch(hfm_
     assert metrics["train/text_encoder_frozen"] == 0.0
     encoder = run.model.text_encoder
     assert not [name for name, _ in encoder.named_parameters() if not moved(before, encoder, name)]
+
+
+def test_projection_heads_start_small_so_the_contrastive_losses_start_at_log_batch():
+    torch.manual_seed(0)
+    batch, width = 16, 64
+    # Two unrelated unit-variance representations, as a post and its augmented view look at the start of training.
+    representation, augmented = torch.randn(batch, width), torch.randn(batch, width)
+    labels = torch.arange(batch) % 3
+    losses = {}
+    for scale in (1.0, 0.01):
+        torch.manual_seed(1)
+        lbcl_head, dbcl_head = projection_head(width, scale), projection_head(width, scale)
+        with torch.no_grad():
+            projection = lbcl_head(representation)
+            losses[scale] = (
+                data_based_contrastive_loss(projection, dbcl_head(augmented), temperature=0.07).item(),
+                label_based_contrastive_loss(projection, labels, temperature=0.07).item(),
+            )
+        torch.manual_seed(1)
+        default = nn.Linear(width, width), nn.Linear(width, width)
+        assert torch.equal(lbcl_head[-1].weight, default[1].weight * scale)
+    log_batch = math.log(batch)
+    # Default initialisation: similarities / tau spread far apart, DBCL far above log B.
+    assert losses[1.0][0] > log_batch + 1
+    # Scaled: every similarity near zero, both losses at their uniform value (DBCL log B; LBCL log B too, since
+    # each anchor's positives then share the uniform probability 1/B).
+    assert losses[0.01][0] == pytest.approx(log_batch, abs=0.05)
+    assert losses[0.01][1] == pytest.approx(log_batch, abs=0.05)

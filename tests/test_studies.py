@@ -128,13 +128,16 @@ def test_a_study_on_the_original_preset_runs_uncached_and_says_so_once(tmp_path,
         cli.base_config(asked)
 
 
+def first_rung(scheduler) -> int:
+    """ASHA's first rung: the earliest epoch at which it may stop a trial, the end of the grace period."""
+    return min(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+
+
 def test_the_scheduler_never_judges_inside_the_text_frozen_phase():
-    base = build_config("demo", "demo").to_flat_dict()
+    base = build_config("demo", "demo", {"frozen_text_epochs": 3, "finetune_epochs": 2}).to_flat_dict()
     frozen = base["frozen_text_epochs"]
     scheduler = trainable.phase_aware_scheduler(base)
-    # ASHA's first rung (the earliest epoch at which it may stop a trial) is the end of the grace period.
-    first_rung = min(milestone for milestone, _ in scheduler._brackets[0]._rungs)
-    assert first_rung == frozen + 1
+    assert first_rung(scheduler) == frozen + 1
     assert (scheduler._time_attr, scheduler._metric) == (trainable.EPOCHS_COMPLETED, "dev/score")
     with pytest.raises(cli.StudyInputError, match="--grace-period"):
         trainable.phase_aware_scheduler(base, grace_period=frozen)
@@ -142,6 +145,11 @@ def test_the_scheduler_never_judges_inside_the_text_frozen_phase():
         trainable.phase_aware_scheduler(base, metric="test/score")
     with pytest.raises(cli.StudyInputError, match="count epochs"):
         trainable.phase_aware_scheduler(base, time_attr="time_total_s")
+    # Without a fine-tuning phase (the demo preset) the text encoder is frozen to the end: only the end judges.
+    frozen_only = build_config("demo", "demo", {"frozen_text_epochs": 3, "finetune_epochs": 0}).to_flat_dict()
+    assert first_rung(trainable.phase_aware_scheduler(frozen_only)) == 3
+    with pytest.raises(cli.StudyInputError, match="--grace-period"):
+        trainable.phase_aware_scheduler(frozen_only, grace_period=2)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from fixtures import write_dataset
 
 from clmlf.config import PRESETS, TrainConfig, build_config
 from clmlf.data import DataError, load_dataset
+from clmlf.demo_data import DemoSizes
 from clmlf.metrics import majority_class_accuracy
 from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, TrainResult, main, train
 
@@ -110,7 +111,7 @@ def test_both_phases_report_every_epoch_with_the_contract_keys(two_epochs):
         assert metrics["dev/score"] == metrics["dev/f1_weighted"]
         confusion = metrics["dev/confusion_matrix"]
         assert isinstance(confusion, list) and all(isinstance(row, list) for row in confusion)
-        assert len(confusion) == 3 and sum(map(sum, confusion)) == 150
+        assert len(confusion) == 3 and sum(map(sum, confusion)) == DemoSizes().dev
         numbers = {key: value for key, value in metrics.items() if not key.endswith("confusion_matrix")}
         for key, value in numbers.items():
             assert isinstance(value, int | float) and math.isfinite(value), key
