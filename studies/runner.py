@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from ray import tune
 from studies.cli import StudyInputError, check_dataset, saved_arguments, study_question
 from studies.failures import RetryPolicy
 from studies.live_view import StudyProgress
+from studies.summary import print_summary
 from studies.trainable import SELECTED_CHECKPOINT, train_trial, trial_dirname
 from tracking import optuna_study, storage
 from tracking.mlflow_logging import (
@@ -46,8 +45,8 @@ from tracking.mlflow_logging import (
     tag_study_run,
 )
 from tracking.optuna_study import STORAGE_TAG, STUDY_TAG, StoredStudy
-from tracking.results.ranking import RANKING_RULE, Ranking, mean_std_text, metric_column, rank, short, summary_frame
-from tracking.results.record import RANKING_METRIC, TrialRecord, describe_values, f1_metric_of, trials_frame
+from tracking.results.ranking import rank
+from tracking.results.record import RANKING_METRIC, TrialRecord, describe_values, trials_frame
 from tracking.results.tune_folder import read_study_folder
 from tracking.study_callback import MlflowStudyCallback
 from tracking.uri import hide_password, resolve_tracking_uri
@@ -199,7 +198,7 @@ class Study:
         assert self.parent is not None
         self.records = read_study_folder(self.path)
         ranking = rank(self.dataset, self.records)
-        print_summary(self, ranking, table_keys, show_trials)
+        print_summary(self.kind, self.dataset, self.base, ranking, table_keys, show_trials)
         best = ranking.best.best_trial() if ranking.best else None
         outputs = {storage.TRIALS_FILE: trials_frame(self.records).to_csv(index=False)}
         if best is not None:
@@ -349,49 +348,6 @@ Download and score it on dev and test (the data set must be where its config, or
 
 `clmlf.evaluate.evaluate_checkpoint(folder)` does the same from Python.
 """
-
-
-def print_summary(study: Study, ranking: Ranking, table_keys: list[str], show_trials: bool) -> None:
-    """The configurations best first (RANKING_RULE), the failed and retried trials, the exported trial."""
-    import pandas as pd
-
-    table = summary_frame(ranking, keys=table_keys)
-    print(f"\n{study.kind} on {study.dataset}: {len(ranking.trials)} trials, {len(ranking.completed)} succeeded")
-    print(textwrap.fill(RANKING_RULE.replace("`", ""), width=120))
-    if not table.empty:
-        f1 = f1_metric_of(study.dataset)
-        shown = {"trial": table["run_ids"].str.replace(";", ",")} if show_trials else {}
-        shown.update({key: table[key].map(short) for key in table_keys})
-        shown["seeds"] = table["seeds"].str.replace(";", ",")
-        for metric in (RANKING_METRIC, "selected/test/acc", f"selected/test/{f1}"):
-            column = metric_column(metric)
-            means, stds = table[f"{column}_mean"], table[f"{column}_std"]
-            # "dev score", "test acc", "test f1_weighted"
-            shown[column.replace("_", " ", 1)] = [
-                mean_std_text(mean, std) for mean, std in zip(means, stds, strict=True)
-            ]
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(pd.DataFrame(shown).to_string(index=False))
-        if table_keys:
-            described = ", ".join(f"{key}={short(table[key].iloc[0])}" for key in table_keys)
-            print(f"\nbest by dev (mean over seeds): {described}: dev score {shown['dev score'][0]}")
-    failed = [record for record in ranking.trials if record.status == "ERROR"]
-    if failed:
-        print(f"\nfailed trials ({len(failed)}):")
-        for record in failed:
-            varied = {key: (record.config or {}).get(key) for key in [*table_keys, "seed"]}
-            print(f"  {record.trial_id} {varied}: {record.error}")
-    if ranking.retried:
-        print(f"\nretried trials ({len(ranking.retried)}), restarted from their last checkpoint:")
-        for record in ranking.retried:
-            print(f"  {record.trial_id}: {record.retries} retries, ended {record.status}")
-    if ranking.best is not None:
-        best = ranking.best.best_trial()
-        differing = {key: short(value) for key, value in (best.config or {}).items() if study.base.get(key) != value}
-        print(
-            f"best trial by dev (the best configuration's best seed): {best.trial_id} {differing}: dev score "
-            f"{best.metrics[RANKING_METRIC]:.4f}, test acc {best.metrics.get('selected/test/acc', math.nan):.4f}"
-        )
 
 
 def export_report(experiment_path: str, study_run: StudyRun, best: tune.Checkpoint | None) -> Path | None:

@@ -21,9 +21,10 @@ from mlflow.tracking import MlflowClient
 from clmlf.config import TrainConfig, build_config
 from studies import cli, layer_sweep, search
 from tracking import storage, train_run
-from tracking.mlflow_logging import classification_report, runs_page, trainer_metrics
+from tracking.mlflow_logging import runs_page, trainer_metrics
 from tracking.results.mlflow_runs import child_runs
 from tracking.results.record import describe_values, error_summary, latest_failure
+from tracking.run_artifacts import classification_report
 
 SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]
 CHILD_ARTIFACTS = {"config.json", "confusion_matrix_dev.png", "confusion_matrix_test.png", "classification_report.json"}

@@ -1,0 +1,55 @@
+"""What a finished study prints: its configurations best first, the failed and retried trials, the best trial."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import Any
+
+from tracking.results.ranking import RANKING_RULE, Ranking, mean_std_text, metric_column, short, summary_frame
+from tracking.results.record import RANKING_METRIC, f1_metric_of
+
+
+def print_summary(
+    kind: str, dataset: str, base: dict[str, Any], ranking: Ranking, table_keys: list[str], show_trials: bool
+) -> None:
+    """The configurations best first (RANKING_RULE), the failed and retried trials, the exported trial."""
+    import pandas as pd
+
+    table = summary_frame(ranking, keys=table_keys)
+    print(f"\n{kind} on {dataset}: {len(ranking.trials)} trials, {len(ranking.completed)} succeeded")
+    print(textwrap.fill(RANKING_RULE.replace("`", ""), width=120))
+    if not table.empty:
+        f1 = f1_metric_of(dataset)
+        shown = {"trial": table["run_ids"].str.replace(";", ",")} if show_trials else {}
+        shown.update({key: table[key].map(short) for key in table_keys})
+        shown["seeds"] = table["seeds"].str.replace(";", ",")
+        for metric in (RANKING_METRIC, "selected/test/acc", f"selected/test/{f1}"):
+            column = metric_column(metric)
+            means, stds = table[f"{column}_mean"], table[f"{column}_std"]
+            # "dev score", "test acc", "test f1_weighted"
+            shown[column.replace("_", " ", 1)] = [
+                mean_std_text(mean, std) for mean, std in zip(means, stds, strict=True)
+            ]
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(pd.DataFrame(shown).to_string(index=False))
+        if table_keys:
+            described = ", ".join(f"{key}={short(table[key].iloc[0])}" for key in table_keys)
+            print(f"\nbest by dev (mean over seeds): {described}: dev score {shown['dev score'][0]}")
+    failed = [record for record in ranking.trials if record.status == "ERROR"]
+    if failed:
+        print(f"\nfailed trials ({len(failed)}):")
+        for record in failed:
+            varied = {key: (record.config or {}).get(key) for key in [*table_keys, "seed"]}
+            print(f"  {record.trial_id} {varied}: {record.error}")
+    if ranking.retried:
+        print(f"\nretried trials ({len(ranking.retried)}), restarted from their last checkpoint:")
+        for record in ranking.retried:
+            print(f"  {record.trial_id}: {record.retries} retries, ended {record.status}")
+    if ranking.best is not None:
+        best = ranking.best.best_trial()
+        differing = {key: short(value) for key, value in (best.config or {}).items() if base.get(key) != value}
+        print(
+            f"best trial by dev (the best configuration's best seed): {best.trial_id} {differing}: dev score "
+            f"{best.metrics[RANKING_METRIC]:.4f}, test acc {best.metrics.get('selected/test/acc', math.nan):.4f}"
+        )
