@@ -20,6 +20,8 @@ IMAGENET_WEIGHTS = {
     "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
     "resnet152": torchvision.models.ResNet152_Weights.IMAGENET1K_V1,
 }
+# The seed of `weights="none"`'s random initialisation, whatever the run's seed.
+RANDOM_WEIGHTS_SEED = 0
 
 
 class ImageBackbone(nn.Module):
@@ -27,7 +29,11 @@ class ImageBackbone(nn.Module):
 
     def __init__(self, name: str, weights: str, image_size: int):
         super().__init__()
-        resnet = getattr(torchvision.models, name)(weights=None)
+        # Without weights the initialisation is drawn from a seed of its own, not the run's: the frozen encoder is
+        # then the same in every trial of a study, as pretrained weights would be, and its features are one cache.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            resnet = getattr(torchvision.models, name)(weights=None)
         if weights == "imagenet":
             resnet.load_state_dict(_imagenet_state_dict(name))
         elif weights != "none":

@@ -1,7 +1,8 @@
 """CLMLF (Li et al., Findings of NAACL 2022), top-down in the paper's order.
 
-B batch, S text tokens, P image tokens (p*p regions + 1 pooled), D fusion width (the text encoder's width),
-C image feature channels. The model returns named outputs and computes no loss (see `losses.py`).
+B batch, S text tokens, P image tokens (p*p regions + 1 pooled), E the text encoder's width, D the fusion width (E
+unless model.fusion_width says otherwise), C image feature channels. The model returns named outputs and computes
+no loss (see `losses.py`).
 
 Either modality's encoder output may be passed in precomputed (a study's feature cache): `text_states`
 instead of token ids, `image_features` instead of pixels. Frozen encoders then never run.
@@ -27,7 +28,7 @@ class ModelInputs:
     attention_mask: torch.Tensor | None = None  # (B, S), 1 for real tokens
     input_ids: torch.Tensor | None = None  # (B, S)
     token_type_ids: torch.Tensor | None = None  # (B, S), BERT's segment ids; None: all segment 0
-    text_states: torch.Tensor | None = None  # (B, S, D), a frozen text encoder's output
+    text_states: torch.Tensor | None = None  # (B, S, E), a frozen text encoder's output
     images: torch.Tensor | None = None  # (B, 3, H, W)
     image_features: torch.Tensor | None = None  # (B, C, p, p), a frozen image backbone's output
 
@@ -45,9 +46,10 @@ class ModelOutputs:
     dbcl_projection: torch.Tensor  # (B, D), head applied to the augmented view in DBCL
 
 
-def text_projection(width: int) -> nn.Sequential:
-    """The original code's Linear(D, D) + GELU on every text token state (pads included) before fusion."""
-    return nn.Sequential(nn.Linear(width, width), nn.GELU())
+def text_projection(text_width: int, width: int) -> nn.Sequential:
+    """Linear(E, D) + GELU on every text token state (pads included) before fusion: the original code's (E = D),
+    and the way into a fusion width other than the text encoder's, as the image regions' Eq. 1 projection."""
+    return nn.Sequential(nn.Linear(text_width, width), nn.GELU())
 
 
 class ImageTokens(nn.Module):
@@ -138,13 +140,15 @@ class CLMLF(nn.Module):
     def __init__(self, config: ModelConfig, classes: int):
         super().__init__()
         self.config = config
-        # The text encoder is built even for image-only runs: it fixes the fusion width D.
         self.text_encoder = load_text_encoder(config.text_encoder) if config.uses_text else None
-        width = self.text_encoder.config.hidden_size if self.text_encoder is not None else _width_from_name(config)
+        # E, the text encoder's width, fixes the fusion width D unless model.fusion_width sets it.
+        text_width = self.text_encoder.config.hidden_size if self.text_encoder is not None else _width_from_name(config)
+        width = config.fusion_width or text_width
         if width % config.heads:
             raise ConfigError(f"model.heads: the fusion width {width} is not divisible by {config.heads} heads")
-        self.width = width
-        self.text_projection = text_projection(width) if config.uses_text and config.text_projection else None
+        self.text_width, self.width = text_width, width
+        projects_text = config.text_projection or width != text_width
+        self.text_projection = text_projection(text_width, width) if config.uses_text and projects_text else None
         if config.uses_images:
             self.image_backbone = ImageBackbone(config.image_encoder, config.image_weights, config.image_size)
             self.image_tokens = ImageTokens(self.image_backbone.channels, width, config.image_token_layout)
@@ -177,7 +181,7 @@ class CLMLF(nn.Module):
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """T (B, S, D). token_type_ids (B, S): 1 on a sentence-aspect pair's aspect part, else 0."""
+        """T (B, S, E). token_type_ids (B, S): 1 on a sentence-aspect pair's aspect part, else 0."""
         # Passed only when there are segments: some encoders (DistilBERT) take no such argument.
         segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
@@ -188,9 +192,9 @@ class CLMLF(nn.Module):
         if self.config.uses_text:
             text = inputs.text_states
             if text is None:
-                text = self.encode_text(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)  # (B, S, D)
+                text = self.encode_text(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)  # (B, S, E)
             if self.text_projection is not None:
-                text = self.text_projection(text)
+                text = self.text_projection(text)  # (B, S, E) -> (B, S, D)
             sequence.append(text)
             valid.append(inputs.attention_mask.bool())  # (B, S)
         if self.config.uses_images:

@@ -273,7 +273,7 @@ class Run:
                 model.encode_text,
                 texts,
                 encoder_key=self.encoder_digest("text_encoder", model.text_encoder),
-                width=model.width,
+                width=model.text_width,
                 **common,
             )
             for split in splits:

@@ -12,7 +12,7 @@ import torchvision
 from fixtures import write_dataset
 from torch import nn
 
-from clmlf.config import ModelConfig, ablation_row, build_config
+from clmlf.config import ConfigError, ModelConfig, ablation_row, build_config
 from clmlf.data import dataset_spec
 from clmlf.encoders import (
     EncoderUnavailable,
@@ -195,6 +195,35 @@ def test_image_only_has_no_text_encoder_and_needs_no_text():
     assert outputs.representation.shape == (2, 64)
 
 
+def test_a_fusion_width_of_its_own_projects_the_text_tokens(text_batch):
+    torch.manual_seed(0)
+    model = CLMLF(tiny_model_config(fusion_width=32), 3).eval()
+    assert (model.text_width, model.width) == (64, 32)
+    assert model.text_projection[0].weight.shape == (32, 64)
+    assert model.fusion_transformer.layers[0].linear1.in_features == 32
+    ids, mask = text_batch
+    with torch.no_grad():
+        outputs = model(ModelInputs(input_ids=ids, attention_mask=mask, images=images()))
+    assert outputs.representation.shape == outputs.lbcl_projection.shape == (2, 32)
+    # The paper's default: the text encoder's width, and no projection unless the original code's is asked for.
+    assert build_model("full").text_projection is None
+    with pytest.raises(ConfigError, match=r"^model\.heads: the fusion width 30 \(model\.fusion_width"):
+        tiny_model_config(fusion_width=30, heads=4)
+    with pytest.raises(ConfigError, match=r"^model\.fusion_width: must be >= 0"):
+        tiny_model_config(fusion_width=-8)
+
+
+def test_an_image_encoder_without_weights_is_the_same_whatever_the_run_seed():
+    torch.manual_seed(1)
+    first = ImageBackbone("resnet18", "none", 64)
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    second = ImageBackbone("resnet18", "none", 64)
+    torch.testing.assert_close(first.trunk[0].weight, second.trunk[0].weight)
+    # Its draws do not move the run's random stream, so the layers built after it still follow the run's seed.
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_hfm_gets_two_classes(text_batch):
     classes = dataset_spec("hfm").num_classes
     assert classes == 2
@@ -212,8 +241,10 @@ def test_the_packaged_minilm_loads_offline_with_width_384():
     with torch.no_grad():
         states = encoder(**encoded).last_hidden_state
     assert states.shape == (2, encoded["input_ids"].shape[1], 384)
+    # The demo preset narrows the layers after the encoder to 128, through the text projection.
     model = CLMLF(build_config("demo", "demo").model, 3)
-    assert model.width == 384
+    assert (model.text_width, model.width) == (384, 128)
+    assert model.text_projection[0].weight.shape == (128, 384)
 
 
 def test_a_missing_local_text_encoder_says_how_to_point_at_a_folder(tmp_path):

@@ -196,9 +196,10 @@ def test_checkpoints_leave_out_untrained_encoders_and_resume_checks_they_rebuild
     last = torch.load(two_epochs.output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     assert set(last["untrained_encoders"]) == {"image_backbone"}
     assert any(key.startswith("text_encoder.") for key in last["model"])
-    # Another seed initialises the random tiny encoders differently: resuming must refuse, naming the file.
+    # Another seed initialises the random tiny text encoder differently (an image encoder without weights is the
+    # same under every seed): resuming must refuse, naming the file.
     other_seed = build_config("demo", "tiny", {**FAST, "seed": 1})
-    with pytest.raises(CheckpointMismatch, match=r"state\.pt.*untrained (text_encoder|image_backbone).*seed 1"):
+    with pytest.raises(CheckpointMismatch, match=r"state\.pt.*untrained text_encoder.*seed 1"):
         record_training(other_seed, output, resume_from=output / "checkpoint")
 
 
@@ -288,8 +289,8 @@ def test_an_unreachable_text_encoder_fails_at_start_with_a_hint(small_data, tmp_
 @pytest.mark.slow
 def test_a_short_run_on_the_demo_set_beats_the_majority_class():
     # The fusion model without the contrastive tasks: one forward pass per step (DBCL needs two), and the
-    # classifier is not competing with two tau = 0.07 losses, so 2 x 20 steps are enough to learn.
-    config = build_config("demo", "tiny", {"model.variant": "mlf", "max_train_batches": 20})
+    # classifier is not competing with two tau = 0.07 losses, so 2 x 30 steps are enough to learn.
+    config = build_config("demo", "tiny", {"model.variant": "mlf", "max_train_batches": 30})
     result = train(config, log=lambda message: None)
     dataset = load_dataset("demo", None, need_images=False, need_translations=False)
     train_labels = [post.label for post in dataset.splits["train"]]

@@ -18,7 +18,7 @@ from clmlf.evaluate import checkpoint_file, load_checkpoint
 from clmlf.memory import release_memory
 from clmlf.train import train
 from tracking.analyses.figures import attention_figure, case_study_figure, clusters_figure
-from tracking.report.markup import PAGE_STYLE, escape, figure_image, html_table, note
+from tracking.report.markup import PAGE_STYLE, embedded_png, escape, html_table, note, png_bytes
 
 TEXT_ONLY_FOLDER = "text-only"
 FIGURES = ("case_study", "attention", "clusters")
@@ -46,6 +46,14 @@ class Analyses:
     projections: dict[str, Any]
     figures: dict[str, Figure]
     sources: dict[str, str]
+    # Each figure's PNG, drawn once: the files, analysis.html and the study report embed the same bytes (drawing
+    # the case study's thumbnails is most of an analysis's time).
+    pngs: dict[str, bytes] = field(default_factory=dict)
+
+    def png(self, name: str) -> bytes:
+        if name not in self.pngs:
+            self.pngs[name] = png_bytes(self.figures[name])
+        return self.pngs[name]
 
 
 def text_only_counterpart(
@@ -190,16 +198,16 @@ def fragment(analyses: Analyses, heading_level: int = 2) -> str:
             f"<{h}>Case study: where full and text-only disagree (the paper's Figure 4)</{h}>",
             f"<p>{len(rows)} of {data['posts']} {escape(data['split'])} posts; accuracy on the split: full "
             f"{accuracy['full']:.3f}, text-only {accuracy['text-only']:.3f}.</p>",
-            figure_image(analyses.figures["case_study"], "case study"),
+            embedded_png(analyses.png("case_study"), "case study"),
             html_table(["post", "text", "gold", "full", "text-only"], rows, table_id="case-study"),
             f"<{h}>Attention maps (the paper's Figure 5)</{h}>",
-            figure_image(analyses.figures["attention"], "attention maps"),
+            embedded_png(analyses.png("attention"), "attention maps"),
             note(
                 "Each map is one text token's attention row in the chosen fusion layer and head, restricted to the "
                 "image regions and renormalised over them; the title gives the share of the row they receive."
             ),
             f"<{h}>Cluster plots (the paper's Figure 6)</{h}>",
-            figure_image(analyses.figures["clusters"], "cluster plots"),
+            embedded_png(analyses.png("clusters"), "cluster plots"),
             note(f"Models: {sources}."),
         ]
     )
@@ -210,10 +218,9 @@ def write(analyses: Analyses, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, figure in analyses.figures.items():
-        for kind in ("png", "svg"):
-            path = folder / f"{name}.{kind}"
-            figure.savefig(path, format=kind, dpi=100, bbox_inches="tight")
-            written.append(path)
+        (folder / f"{name}.png").write_bytes(analyses.png(name))
+        figure.savefig(folder / f"{name}.svg", format="svg", dpi=100, bbox_inches="tight")
+        written += [folder / f"{name}.png", folder / f"{name}.svg"]
     (folder / "analysis.json").write_text(json.dumps(summary(analyses), indent=2) + "\n")
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>CLMLF analyses</title>\n'

@@ -69,9 +69,17 @@ def section(heading: str, *parts: str) -> str:
     return "\n".join([f"<h2>{escape(heading)}</h2>", *parts])
 
 
-def figure_image(figure: Figure, description: str) -> str:
-    """The figure as an embedded PNG."""
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def embedded_png(png: bytes, description: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
     return f'<img alt="{escape(description)}" src="data:image/png;base64,{encoded}">'
+
+
+def figure_image(figure: Figure, description: str) -> str:
+    """The figure as an embedded PNG."""
+    return embedded_png(png_bytes(figure), description)
