@@ -5,6 +5,7 @@ files and reuses its text-only counterpart."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -118,10 +119,13 @@ def test_the_projection_has_one_point_per_test_post(analysed, run_dir):
 
 
 def test_the_command_writes_its_files_and_reuses_the_counterpart(analysed, run_dir, capsys):
+    page = (analysed / "analysis.html").read_text()
     for name in ("case_study", "attention", "clusters"):
         with Image.open(analysed / f"{name}.png") as image:
             assert image.width > 100 and image.height > 50
         assert "<svg" in (analysed / f"{name}.svg").read_text()[:2000]
+        # The page embeds the very PNG written next to it: each figure is drawn once.
+        assert base64.b64encode((analysed / f"{name}.png").read_bytes()).decode("ascii") in page
     maps = json.loads((analysed / "analysis.json").read_text())["attention"]["maps"]
     assert maps and all(np.isclose(np.sum(item["regions"]), 1.0) for item in maps)
     counterpart = analysed / "text-only" / "checkpoint" / "state.pt"
