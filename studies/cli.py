@@ -90,6 +90,8 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, kin
 def resolve_study_arguments(arguments: argparse.Namespace, kind: str) -> argparse.Namespace:
     """Absolute storage path, the Ray address (tracking.uri's precedence) and the study's name; with --resume, the
     study's saved arguments."""
+    if arguments.max_concurrent is not None and arguments.max_concurrent < 1:
+        raise StudyInputError(f"--max-concurrent {arguments.max_concurrent}: must be >= 1")
     arguments.storage_path = storage.absolute_location(arguments.storage_path)
     arguments.address = resolve_ray_address(arguments.address)
     arguments.name = study_name(arguments, kind, arguments.storage_path)

@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(arguments) -> int:
     # Ray and the trainer are imported once the arguments are parsed.
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from studies.runner import TRIAL_PROCESSES, Study, points_space
+    from studies.runner import Study, points_space, points_tune_config
 
     cli.refuse_options(
         arguments,
@@ -75,13 +74,8 @@ def run(arguments) -> int:
             tuner = tune.Tuner(
                 study.trainable,
                 param_space=points_space(points),
-                tune_config=tune.TuneConfig(
-                    # One trial per (configuration, fresh seed) point.
-                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                    num_samples=len(points),
-                    max_concurrent_trials=arguments.max_concurrent,
-                    **TRIAL_PROCESSES,
-                ),
+                # One trial per (configuration, fresh seed) point.
+                tune_config=points_tune_config(points, arguments.max_concurrent),
                 run_config=study.run_config(),
             )
         tuner.fit()

@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(arguments) -> int:
     # Ray and the trainer are imported once the arguments are parsed.
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from studies.runner import TRIAL_PROCESSES, Study, points_space
+    from studies.runner import Study, points_space, points_tune_config
 
     cli.refuse_options(arguments, {"--num-samples": "the sweep runs each point once per seed; use --seeds"})
     base = cli.base_config(arguments)
@@ -63,13 +62,8 @@ def run(arguments) -> int:
             tuner = tune.Tuner(
                 study.trainable,
                 param_space=points_space(points),
-                tune_config=tune.TuneConfig(
-                    # One trial per (fusion, image, seed) point.
-                    search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                    num_samples=len(points),
-                    max_concurrent_trials=arguments.max_concurrent,
-                    **TRIAL_PROCESSES,
-                ),
+                # One trial per (fusion, image, seed) point.
+                tune_config=points_tune_config(points, arguments.max_concurrent),
                 run_config=study.run_config(),
             )
         tuner.fit()

@@ -321,6 +321,21 @@ def points_space(points: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: tune.choice(list(dict.fromkeys(point.get(key) for point in points))) for key in keys}
 
 
+def points_tune_config(points: list[dict[str, Any]], max_concurrent: int | None) -> tune.TuneConfig:
+    """Tune's config for a study of explicit points, one trial each (space: `points_space(points)`).
+
+    The concurrency limit goes to the generator itself: Tune ignores `TuneConfig(max_concurrent_trials=...)` when the
+    search algorithm is a `BasicVariantGenerator` (it only wraps a `Searcher`), and on a shared cluster this limit is
+    what keeps a study within its share of GPUs."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return tune.TuneConfig(
+        search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent or 0),
+        num_samples=len(points),
+        **TRIAL_PROCESSES,
+    )
+
+
 def guarded(what: str, action, *arguments):
     """Run an export step; a failure is a warning (the study's results are in its folder already)."""
     try:

@@ -1,0 +1,56 @@
+"""The statistics behind every summary: t intervals, paired comparisons with the best, Holm's correction and the top
+group, checked against values worked out by hand and against scipy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from tracking.results.statistics import compare_with_best, estimate, holm, paired_comparison, top_group
+
+
+def test_the_interval_is_students_t_around_the_mean():
+    interval = estimate([1.0, 2.0, 3.0, 4.0, 5.0])
+    # t(0.975, 4) = 2.7764; sd = sqrt(2.5); half width = 2.7764 * 1.5811 / sqrt(5) = 1.9632.
+    assert (interval.n, interval.mean) == (5, 3.0)
+    assert interval.std == pytest.approx(math.sqrt(2.5))
+    assert (interval.low, interval.high) == pytest.approx((3 - 1.9632, 3 + 1.9632), abs=1e-4)
+    single = estimate([0.7])
+    assert single.mean == 0.7 and math.isnan(single.low) and math.isnan(single.std)
+    assert estimate([]).n == 0
+
+
+def test_holm_multiplies_by_the_remaining_family_and_never_decreases():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    adjusted = holm([0.02, math.nan, 0.01])
+    assert math.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_a_paired_comparison_uses_the_shared_seeds_only():
+    best = {0: 0.80, 1: 0.85, 2: 0.82, 3: 0.90}
+    other = {0: 0.75, 1: 0.81, 2: 0.80, 5: 0.99}
+    comparison = paired_comparison(best, other)
+    assert comparison.seeds == (0, 1, 2)
+    assert comparison.difference == pytest.approx((0.05 + 0.04 + 0.02) / 3)
+    assert comparison.p_value == pytest.approx(stats.ttest_rel([0.80, 0.85, 0.82], [0.75, 0.81, 0.80]).pvalue)
+    assert comparison.low < comparison.difference < comparison.high
+    assert math.isnan(paired_comparison({0: 1.0}, {0: 0.5}).p_value)
+
+
+def test_the_top_group_keeps_what_the_family_cannot_separate_from_the_best():
+    seeds = range(8)
+    noise = [0.010, -0.020, 0.015, -0.005, 0.000, 0.020, -0.010, -0.012]
+    best = {seed: 0.85 + noise[seed] for seed in seeds}
+    close = {seed: 0.848 + noise[(seed + 3) % 8] for seed in seeds}
+    far = {seed: 0.70 + noise[seed] / 2 for seed in seeds}
+    comparisons = compare_with_best([best, close, far])
+    assert comparisons[0] is None
+    assert not comparisons[1].separated and comparisons[2].separated
+    assert comparisons[2].adjusted_p == pytest.approx(min(1.0, 2 * comparisons[2].p_value))
+    assert top_group(comparisons) == [0, 1]
+    # A configuration that scored higher on the shared seeds is never separated below the best.
+    higher = {seed: value + 0.1 for seed, value in best.items()}
+    assert not compare_with_best([best, higher])[1].separated
