@@ -27,6 +27,9 @@ IMAGE_TOKEN_LAYOUTS = ("regions", "channel-mixing")
 RANDAUGMENT_IMPLEMENTATIONS = ("torchvision", "original")
 TRAIN_BATCH_SAMPLINGS = ("uniform", "length-grouped")
 FROZEN_ENCODER_MODES = ("eval", "train")
+LAYER_INITS = ("pytorch", "original")
+# model.heads=0 takes the original code's rule for its image and fusion layers: width // 64 heads (12 at 768).
+ORIGINAL_HEAD_WIDTH = 64
 # The paper's Table 3, in its order: the two unimodal baselines, then the fusion model with its tasks.
 TABLE3_ROWS = ("text-only", "image-only", "mlf", "mlf-lbcl", "mlf-dbcl", "full")
 
@@ -50,6 +53,8 @@ class ModelConfig:
     # 0: the text encoder's width, as in the paper (768 for BERT-base). Another width puts a Linear + GELU on the
     # text tokens (as the image regions have) and narrows or widens every layer after it.
     fusion_width: int = 0
+    # Attention heads of every image and fusion layer: 12, the paper's at width 768. 0: the original code's rule,
+    # width // 64 (`attention_heads` resolves it).
     heads: int = 12
     # Feed-forward width as a multiple of the fusion width: 4D like BERT.
     feedforward_multiplier: int = 4
@@ -61,8 +66,9 @@ class ModelConfig:
     # The paper keeps ResNet-50 frozen for the whole run.
     freeze_image_encoder: bool = True
     variant: str = "full"
-    # The next five are where the original code's model differs from the paper's (the `original` preset sets
-    # the code's values; loading the code's trained weights needs all of them).
+    # The next six, and the heads at widths other than 768, are where the original code's model differs from the
+    # paper's (the `original` preset sets the code's values; loading the code's trained weights needs all but
+    # layer_init).
     # Linear(d, d) + GELU on the text encoder's token states before fusion, as the original code does.
     text_projection: bool = False
     # "regions": one token per position of the p x p feature map, as the paper's Eq. 1 describes.
@@ -74,6 +80,11 @@ class ModelConfig:
     # Dropout between the feed-forward block's two linear layers, as PyTorch's layer has; BERT-style layers
     # (the original's) have none there. Changes training only.
     feedforward_dropout: bool = True
+    # How the image and fusion layers start. "pytorch": nn.TransformerEncoder's: xavier-uniform query/key/value
+    # weights, zero query/key/value and output-projection biases, and every layer of a stack a copy of the first.
+    # "original": every layer drawn on its own, each linear layer with nn.Linear's default initialisation, as the
+    # original's BERT-style layers (built from a config, never BERT-initialised). Changes training only.
+    layer_init: str = "pytorch"
     # 0: one output per class of the data set. The original classifier always has 3, HFM (binary) included;
     # predictions are then the best of the data set's classes.
     classifier_outputs: int = 0
@@ -94,6 +105,21 @@ class ModelConfig:
     def uses_dbcl(self) -> bool:
         return self.variant in ("full", "mlf-dbcl")
 
+    def attention_heads(self, width: int) -> int:
+        """Heads of every image and fusion layer at fusion width `width`: model.heads, or for 0 width // 64."""
+        return self.heads or width // ORIGINAL_HEAD_WIDTH
+
+    def heads_problem(self, width: int) -> str | None:
+        """Why model.heads does not fit the fusion width `width`, or None."""
+        source = f"the fusion width {width} (model.fusion_width, else {self.text_encoder}'s)"
+        heads = self.attention_heads(width)
+        if self.heads:
+            return None if width % heads == 0 else f"{source} is not divisible by {heads} heads"
+        rule = f"0 (the original code's width // {ORIGINAL_HEAD_WIDTH}) gives {heads} heads at {source}"
+        if heads == 0:
+            return f"{rule}; set model.heads to a divisor of {width}"
+        return None if width % heads == 0 else f"{rule}, which is not divisible by {heads}"
+
     def validate(self) -> None:
         _require(self.variant in VARIANTS, "model.variant", f"{self.variant!r} is not one of {VARIANTS}")
         _require(
@@ -112,7 +138,11 @@ class ModelConfig:
         _require(self.image_size >= 32, "model.image_size", f"must be >= 32 pixels, got {self.image_size}")
         _require(self.fusion_layers >= 1, "model.fusion_layers", f"must be >= 1, got {self.fusion_layers}")
         _require(self.image_layers >= 0, "model.image_layers", f"must be >= 0, got {self.image_layers}")
-        _require(self.heads >= 1, "model.heads", f"must be >= 1, got {self.heads}")
+        _require(
+            self.heads >= 0,
+            "model.heads",
+            f"must be >= 1, or 0 for the original code's width // {ORIGINAL_HEAD_WIDTH}, got {self.heads}",
+        )
         _require(self.feedforward_multiplier >= 1, "model.feedforward_multiplier", "must be >= 1")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(
@@ -120,6 +150,7 @@ class ModelConfig:
             "model.image_token_layout",
             f"{self.image_token_layout!r} is not one of {IMAGE_TOKEN_LAYOUTS}",
         )
+        _require(self.layer_init in LAYER_INITS, "model.layer_init", f"{self.layer_init!r} is not one of {LAYER_INITS}")
         _require(0 < self.layer_norm_eps < 1, "model.layer_norm_eps", f"must be in (0, 1), got {self.layer_norm_eps}")
         _require(
             self.classifier_outputs == 0 or self.classifier_outputs >= 2,
@@ -134,12 +165,8 @@ class ModelConfig:
         _require(self.fusion_width >= 0, "model.fusion_width", f"must be >= 0, got {self.fusion_width}")
         width = self.fusion_width or text_encoder_width(self.text_encoder)
         if width:
-            _require(
-                width % self.heads == 0,
-                "model.heads",
-                f"the fusion width {width} (model.fusion_width, else {self.text_encoder}'s) is not divisible by "
-                f"{self.heads} heads",
-            )
+            problem = self.heads_problem(width)
+            _require(problem is None, "model.heads", problem or "")
 
 
 @dataclass
@@ -326,6 +353,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.image_token_layout": "channel-mixing",
         "model.layer_norm_eps": 1e-12,
         "model.feedforward_dropout": False,
+        "model.heads": 0,
+        "model.layer_init": "original",
         "model.classifier_outputs": 3,
         "model.projection_init_scale": 1.0,
         "randaugment_implementation": "original",

@@ -533,11 +533,12 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.set)
         if args.data_root:
             overrides["data_root"] = args.data_root
-        written = convert_checkpoint(args.original, args.dataset, args.out, overrides)
+        written, conversion = convert_checkpoint(args.original, args.dataset, args.out, overrides)
     # ValueError: configuration errors, an unknown data set and checkpoints that do not fit all derive from it.
     except (ValueError, EncoderUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print("\n".join(conversion.summary()))
     print(f"wrote {written}; score it with: python -m clmlf.evaluate {args.out}")
     return 0
 

@@ -11,6 +11,7 @@ instead of token ids, `image_features` instead of pixels. Frozen encoders then n
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,7 +79,7 @@ def transformer_layers(config: ModelConfig, width: int, layers: int) -> nn.Trans
     With layer_norm_eps 1e-12 and no feed-forward dropout this is exactly a BERT layer, the original code's."""
     layer = nn.TransformerEncoderLayer(
         d_model=width,
-        nhead=config.heads,
+        nhead=config.attention_heads(width),
         dim_feedforward=config.feedforward_multiplier * width,
         dropout=config.dropout,
         activation="gelu",
@@ -88,7 +89,28 @@ def transformer_layers(config: ModelConfig, width: int, layers: int) -> nn.Trans
     if not config.feedforward_dropout:
         layer.dropout = nn.Identity()  # the one between linear1 and linear2; residual dropouts stay
     # Nested tensors would return padded positions as zeros in eval but not in training; keep both the same.
-    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+    stack = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+    if config.layer_init == "original":
+        for clone in stack.layers:  # deep copies of `layer`, all the same weights until drawn again here
+            initialise_like_linear_layers(clone)
+    return stack
+
+
+def initialise_like_linear_layers(layer: nn.TransformerEncoderLayer) -> None:
+    """Every weight and bias of `layer` drawn afresh as nn.Linear initialises its own, as in the original's BERT-style
+    layers, where query, key, value and output projections are separate nn.Linear(D, D) that nothing initialises
+    again. PyTorch's layer instead draws the stacked query/key/value weight (3D, D) xavier-uniform and zeroes its
+    bias and the output projection's."""
+    attention = layer.self_attn
+    # kaiming_uniform_(a=sqrt(5)), nn.Linear's rule, bounds each weight by 1/sqrt(fan_in) and fan_in is D for the
+    # stacked (3D, D) weight as for each of its three (D, D) blocks: the same draw as three separate layers.
+    nn.init.kaiming_uniform_(attention.in_proj_weight, a=math.sqrt(5))
+    bound = 1 / math.sqrt(attention.in_proj_weight.shape[1])
+    nn.init.uniform_(attention.in_proj_bias, -bound, bound)
+    for linear in (attention.out_proj, layer.linear1, layer.linear2):
+        linear.reset_parameters()
+    for norm in (layer.norm1, layer.norm2):
+        norm.reset_parameters()
 
 
 class AttentionPooling(nn.Module):
@@ -144,8 +166,9 @@ class CLMLF(nn.Module):
         # E, the text encoder's width, fixes the fusion width D unless model.fusion_width sets it.
         text_width = self.text_encoder.config.hidden_size if self.text_encoder is not None else _width_from_name(config)
         width = config.fusion_width or text_width
-        if width % config.heads:
-            raise ConfigError(f"model.heads: the fusion width {width} is not divisible by {config.heads} heads")
+        heads_problem = config.heads_problem(width)
+        if heads_problem:
+            raise ConfigError(f"model.heads: {heads_problem}")
         self.text_width, self.width = text_width, width
         projects_text = config.text_projection or width != text_width
         self.text_projection = text_projection(text_width, width) if config.uses_text and projects_text else None

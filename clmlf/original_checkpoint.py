@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from clmlf.config import TrainConfig, build_config
+from clmlf.config import ORIGINAL_HEAD_WIDTH, ModelConfig, TrainConfig, build_config
 from clmlf.data import dataset_spec
 from clmlf.model import CLMLF
 from clmlf.train import CHECKPOINT_FILE
@@ -56,15 +56,18 @@ TRANSFORMER_LAYER = re.compile(r"^(image_transformer|fusion_transformer)\.layers
 # The original's ResNet under its second name, by the index of the same module in `resnet_encoder`.
 RESNET_DUPLICATE_PREFIX = "fuse_model.image_model.resnet."
 RESNET_CHILDREN = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
-# Built by the original, never used for its outputs.
-IGNORED = (
-    RESNET_DUPLICATE_PREFIX,
-    "fuse_model.text_model.model.pooler.",
-    "fuse_model.text_model.model.embeddings.position_ids",
-    "fuse_model.transformer_encoder.",
-    "fuse_model.transformer_embedding_layernorm.",
-    "fuse_model.output_classify.",
-)
+# Built by the original, never used for its outputs: what each is, by prefix (a key is what its first match says).
+IGNORED = {
+    f"{RESNET_DUPLICATE_PREFIX}fc.": "the ResNet's classifier, never called",
+    RESNET_DUPLICATE_PREFIX: (
+        f"the ResNet again under its second name {RESNET_DUPLICATE_PREFIX} (each checked equal to the one in use)"
+    ),
+    "fuse_model.text_model.model.pooler.": "BERT's pooler, never called",
+    "fuse_model.text_model.model.embeddings.position_ids": "the position_ids buffer of older transformers releases",
+    "fuse_model.transformer_encoder.": "a PyTorch Transformer, never called",
+    "fuse_model.transformer_embedding_layernorm.": "a LayerNorm, never called",
+    "fuse_model.output_classify.": "a classifier inside the fusion model, never called",
+}
 DATA_PARALLEL_PREFIX = "module."
 
 
@@ -76,6 +79,28 @@ class OriginalCheckpointError(ValueError):
 class Conversion:
     state: dict[str, torch.Tensor]  # our model's complete state dict
     ignored: list[str]  # the file's keys that were left out (see IGNORED)
+    model_config: ModelConfig  # the config the state dict fits
+    width: int  # D, the width of the image and fusion layers
+
+    def ignored_by_kind(self) -> dict[str, int]:
+        """{what IGNORED says a key is: how many of the left-out keys are that}, in IGNORED's order."""
+        counts = {description: 0 for description in IGNORED.values()}
+        for key in self.ignored:
+            counts[next(description for prefix, description in IGNORED.items() if key.startswith(prefix))] += 1
+        return {description: count for description, count in counts.items() if count}
+
+    def summary(self) -> list[str]:
+        """What was converted and what was left out, a line each, for the command line."""
+        heads = self.model_config.attention_heads(self.width)
+        rule = f"the original code's width // {ORIGINAL_HEAD_WIDTH}" if self.model_config.heads == 0 else "model.heads"
+        lines = [
+            f"converted {len(self.state)} tensors; image and fusion layers: {self.width} wide, attention heads "
+            f"{heads} ({rule})",
+            f"left out {len(self.ignored)} tensors that the original saves but never uses for an output:",
+        ]
+        counts = self.ignored_by_kind()
+        digits = len(str(max(counts.values(), default=0)))
+        return lines + [f"  {count:>{digits}}  {kind}" for kind, count in counts.items()]
 
 
 def original_sources(key: str) -> list[str]:
@@ -135,8 +160,8 @@ def convert_state_dict(original: Mapping[str, torch.Tensor], model: CLMLF, path:
         converted[key] = value.to(target.dtype)
     # A key the model needs is never reported as unexpected, even when a sibling it is stacked with is missing.
     rest = [key for key in original if key not in used]
-    ignored = [key for key in rest if key.startswith(IGNORED)]
-    unknown = [key for key in rest if not key.startswith(IGNORED)]
+    ignored = [key for key in rest if key.startswith(tuple(IGNORED))]
+    unknown = [key for key in rest if not key.startswith(tuple(IGNORED))]
     problems = [
         *(f"missing: {key}" for key in missing),
         *(f"unexpected: {key}" for key in unknown),
@@ -149,7 +174,7 @@ def convert_state_dict(original: Mapping[str, torch.Tensor], model: CLMLF, path:
             f"counts, the text encoder and the image encoder must be those the checkpoint was trained with, e.g. "
             f"--set model.fusion_layers=...):\n  " + "\n  ".join(problems)
         )
-    return Conversion(state=converted, ignored=ignored)
+    return Conversion(state=converted, ignored=ignored, model_config=model.config, width=model.width)
 
 
 def _differing_resnet_copies(original: Mapping[str, torch.Tensor]) -> list[str]:
@@ -181,11 +206,14 @@ def write_checkpoint(out: Path, conversion: Conversion, config: TrainConfig, sou
     return path
 
 
-def convert_checkpoint(original: Path, dataset: str, out: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """The original code's checkpoint `original` for `dataset`, written as our checkpoint folder `out`."""
+def convert_checkpoint(
+    original: Path, dataset: str, out: Path, overrides: dict[str, Any] | None = None
+) -> tuple[Path, Conversion]:
+    """The original code's checkpoint `original` for `dataset`, written as our checkpoint folder `out`: the
+    checkpoint file's path, and what was converted and left out."""
     config = build_config(dataset, "original", overrides)
     state = read_state_dict(original)
     # Every weight comes from the file: the image encoder is built without fetching pretrained weights.
     skeleton = dataclasses.replace(config.model, image_weights="none")
     conversion = convert_state_dict(state, CLMLF(skeleton, dataset_spec(dataset).num_classes), original)
-    return write_checkpoint(out, conversion, config, original)
+    return write_checkpoint(out, conversion, config, original), conversion

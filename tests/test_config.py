@@ -157,6 +157,10 @@ def test_values_that_cannot_be_coerced_name_the_field(key, value):
         ({"temperature": -0.1}, "temperature"),
         ({"model.image_encoder": "resnet9"}, "model.image_encoder"),
         ({"model.heads": 3}, "model.heads"),  # tiny-bert is 64 wide: 3 heads do not divide it
+        ({"model.heads": -1}, "model.heads"),
+        ({"model.heads": 0, "model.fusion_width": 32}, "model.heads"),  # 32 // 64 = no head
+        ({"model.heads": 0, "model.fusion_width": 200}, "model.heads"),  # 200 // 64 = 3 heads do not divide 200
+        ({"model.layer_init": "xavier"}, "model.layer_init"),
         ({"lbcl_weight": -1}, "lbcl_weight"),
         ({"dbcl_weight": -0.5}, "dbcl_weight"),
         ({"model.variant": "text-and-audio"}, "model.variant"),
@@ -190,6 +194,21 @@ def test_heads_are_checked_against_a_local_encoder_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.heads: .*100"):
         build_config("demo", "tiny", {"model.text_encoder": str(tmp_path), "model.heads": 12})
     assert build_config("demo", "tiny", {"model.text_encoder": str(tmp_path), "model.heads": 4}).model.heads == 4
+
+
+def test_heads_zero_is_the_original_codes_width_over_64_resolved_never_written_back():
+    config = build_config("mvsa-single", "original")
+    assert config.model.heads == 0 and config.model.attention_heads(768) == 12
+    assert config.model.attention_heads(384) == 6 and config.model.attention_heads(100) == 1
+    assert build_config("mvsa-single", "paper").model.attention_heads(384) == 12
+    wide = build_config("mvsa-single", "original", {"model.fusion_width": 384})
+    assert wide.to_flat_dict()["model.heads"] == 0 and wide.model.attention_heads(384) == 6
+    with pytest.raises(ConfigError, match=r"^model\.heads: 0 \(the original code's width // 64\) gives 3 heads at "):
+        build_config("mvsa-single", "original", {"model.fusion_width": 200})
+    with pytest.raises(ConfigError, match=r"^model\.heads: 0 .* gives 0 heads .*; set model\.heads to a divisor of 32"):
+        build_config("mvsa-single", "original", {"model.fusion_width": 32})
+    # An explicit count wins over the rule.
+    assert build_config("mvsa-single", "original", {"model.heads": 8}).model.attention_heads(768) == 8
 
 
 def test_unknown_preset():

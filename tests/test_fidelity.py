@@ -3,6 +3,8 @@ alone, the `original` preset, and the fp32 heads and losses."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,51 @@ def test_bert_style_layers_change_the_norm_eps_and_the_feed_forward_dropout_only
     paper_logits = paper(inputs).logits
     torch.manual_seed(0)
     assert not torch.allclose(bert_style(inputs).logits, paper_logits, atol=1e-3)
+
+
+def encoder_layers(model: CLMLF) -> list[nn.TransformerEncoderLayer]:
+    return [*model.image_transformer.layers, *model.fusion_transformer.layers]
+
+
+def test_original_layer_init_draws_each_layer_as_nn_linear_does_and_leaves_the_forward_pass_alone(inputs):
+    pytorch, original = tiny_model(fusion_layers=2), tiny_model(fusion_layers=2, layer_init="original")
+    width = original.width  # 64; the feed-forward block is 4 x 64 wide
+    for layer in encoder_layers(original):
+        attention = layer.self_attn
+        # nn.Linear's default: weight and bias uniform within 1/sqrt(fan_in) (kaiming-uniform, a = sqrt(5)).
+        parameters = {
+            "in_proj_weight": (attention.in_proj_weight, width),
+            "in_proj_bias": (attention.in_proj_bias, width),
+            "out_proj.weight": (attention.out_proj.weight, width),
+            "out_proj.bias": (attention.out_proj.bias, width),
+            "linear1.bias": (layer.linear1.bias, width),
+            "linear2.weight": (layer.linear2.weight, 4 * width),
+        }
+        for name, (values, fan_in) in parameters.items():
+            bound = 1 / math.sqrt(fan_in)
+            assert torch.count_nonzero(values) == values.numel(), name
+            assert 0.5 * bound < values.abs().max() <= bound, name
+    # Each layer drawn on its own, as the original builds each BERT-style layer.
+    first, second = (layer.self_attn for layer in original.fusion_transformer.layers)
+    assert not torch.equal(first.in_proj_weight, second.in_proj_weight)
+    assert not torch.equal(first.out_proj.bias, second.out_proj.bias)
+
+    # PyTorch's encoder layer: xavier-uniform query/key/value weights (bound sqrt(6 / (D + 3D)), above nn.Linear's
+    # 1/sqrt(D)), zero biases there and in the output projection, and every layer of a stack a copy of the first.
+    for layer in encoder_layers(pytorch):
+        attention = layer.self_attn
+        assert torch.count_nonzero(attention.in_proj_bias) == torch.count_nonzero(attention.out_proj.bias) == 0
+        assert 1 / math.sqrt(width) < attention.in_proj_weight.abs().max() <= math.sqrt(6 / (4 * width))
+    first, second = (layer.self_attn for layer in pytorch.fusion_transformer.layers)
+    assert torch.equal(first.in_proj_weight, second.in_proj_weight)
+
+    # Only where the weights start differs: the same weights give the same outputs.
+    assert set(pytorch.state_dict()) == set(original.state_dict())
+    original.load_state_dict(pytorch.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(original(inputs).logits, pytorch(inputs).logits, rtol=0, atol=0)
+    assert build_config("demo", "original").model.layer_init == "original"
+    assert {build_config("demo", preset).model.layer_init for preset in ("paper", "demo", "tiny")} == {"pytorch"}
 
 
 def test_three_classifier_outputs_on_a_binary_set_never_predict_the_third(inputs):
