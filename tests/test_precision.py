@@ -17,20 +17,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_DEMO_SIZES_AND_IMAGE
 from mlflow.tracking import MlflowClient
 from tolerances import ATTENTION_PADDING_TOLERANCE, PRECISIONS, RELATIVE_TOLERANCE, REPRESENTATION_PADDING_TOLERANCE
 
 from clmlf.analysis import analyse_split
 from clmlf.config import build_config
-from clmlf.demo_data import DemoSizes, generate_demo_dataset
 from clmlf.device import CPU_BF16_VARIABLE, resolve_device
 from clmlf.evaluate import load_checkpoint
 from clmlf.precision import resolve_precision
 from clmlf.train import CHECKPOINT_FILE, Run, train
 from tracking.results.mlflow_runs import child_runs
 
-SMALL = DemoSizes(train=16, dev=8, test=8)
-IMAGE_SIZE = 32
+IMAGE_SIZE = SMALL_DEMO_SIZES_AND_IMAGE[1]
 
 
 @pytest.fixture(params=PRECISIONS)
@@ -39,10 +38,8 @@ def precision(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("precision-data")
-    generate_demo_dataset(root, seed=7, sizes=SMALL, image_size=IMAGE_SIZE)
-    return root
+def data_root(small_demo_root) -> Path:
+    return small_demo_root
 
 
 def small_config(data_root: Path, precision: str, **overrides: Any):
