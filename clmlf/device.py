@@ -129,6 +129,13 @@ def allocated_memory_mb(device: torch.device) -> float:
     return float("nan")
 
 
+def reserved_memory_mb(device: torch.device) -> float:
+    """The device memory PyTorch's caching allocator holds now, used or not (GPU); NaN on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_reserved(device) / 2**20
+    return float("nan")
+
+
 def release_device_memory(device: torch.device | None) -> None:
     """Hand cached device memory back after a run, so the next trial in the same worker starts from the baseline."""
     if device is not None and device.type == "cuda":

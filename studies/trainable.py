@@ -33,7 +33,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
-    from clmlf.device import resolve_device
+    from clmlf.device import allocated_memory_mb, reserved_memory_mb, resolve_device
     from clmlf.memory import anonymous_memory_mb
     from clmlf.train import train
     from studies.failures import final_errors_end_the_trial
@@ -57,6 +57,9 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         "trial/process": f"{socket.gethostname()}:{os.getpid()}",
         # What earlier trials in this process left behind; trial/worker_rss_anon_mb is the same after each epoch.
         "trial/worker_rss_anon_start_mb": anonymous_memory_mb(),
+        # The same on the GPU (NaN on a CPU): a reused worker must start every trial from its baseline.
+        "trial/gpu_allocated_start_mb": allocated_memory_mb(device),
+        "trial/gpu_reserved_start_mb": reserved_memory_mb(device),
     }
 
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
