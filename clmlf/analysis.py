@@ -77,14 +77,16 @@ def fusion_attention(model: CLMLF, layer: int, head: int) -> Iterator[list[torch
 
     def capture(module: torch.nn.TransformerEncoderLayer, args: tuple, kwargs: dict) -> None:
         source = args[0].float()  # (B, L, D)
-        padding = kwargs.get("src_key_padding_mask")  # (B, L), True or -inf at padded keys
+        # (B, L), True or -inf at padded keys; under autocast the encoder made it a float mask in the autocast dtype,
+        # which fp32 attention refuses to add to its fp32 scores.
+        padding = _float32(kwargs.get("src_key_padding_mask"))
         # In fp32 under any autocast: bf16 weights would sum to one only within about 1e-2.
         with torch.no_grad(), torch.autocast(source.device.type, enabled=False):
             _, weights = module.self_attn(
                 source,
                 source,
                 source,
-                attn_mask=kwargs.get("src_mask"),
+                attn_mask=_float32(kwargs.get("src_mask")),
                 key_padding_mask=padding,
                 need_weights=True,
                 average_attn_weights=False,
@@ -96,6 +98,10 @@ def fusion_attention(model: CLMLF, layer: int, head: int) -> Iterator[list[torch
         yield captured
     finally:
         handle.remove()
+
+
+def _float32(mask: torch.Tensor | None) -> torch.Tensor | None:
+    return mask.float() if mask is not None and mask.is_floating_point() else mask
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from typing import Any
 
 from clmlf.data import AUGMENTED_TEXT_SOURCES
 from clmlf.encoders import IMAGE_ENCODERS, LOCAL_FOLDER_HINT, image_weights_problem, text_encoder_width
+from clmlf.precision import LEGACY_PRECISIONS, PRECISIONS
 
 VARIANTS = ("full", "mlf", "mlf-lbcl", "mlf-dbcl", "text-only", "image-only")
 LBCL_VARIANTS = ("paper", "original")
@@ -236,8 +237,9 @@ class TrainConfig:
     frozen_encoder_mode: str = "eval"
     num_workers: int = 0
     device: str = "auto"
-    # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); other CPUs run in fp32.
-    mixed_precision: bool = True
+    # auto: bf16 where the device computes it natively (Ampere and newer GPUs, CPUs with AVX512-BF16 or AMX), fp16 with
+    # loss scaling on GPUs without bf16, fp32 elsewhere; or bf16, fp16, fp32 on any device (clmlf/precision.py).
+    mixed_precision: str = "auto"
 
     @property
     def epochs(self) -> int:
@@ -319,6 +321,11 @@ class TrainConfig:
         _require(not (self.feature_cache and refusal), "feature_cache", refusal or "")
         _require(self.num_workers >= 0, "num_workers", "must be >= 0")
         _require(
+            self.mixed_precision in PRECISIONS,
+            "mixed_precision",
+            f"{self.mixed_precision!r} is not one of {PRECISIONS} (true and false mean auto and fp32)",
+        )
+        _require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device",
             "auto|cpu|cuda",
@@ -361,7 +368,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augment_original_images": True,
         "frozen_encoder_mode": "train",
         "lbcl_variant": "original",
-        "mixed_precision": False,
+        "mixed_precision": "fp32",
         # The original cuts '[CLS]' + text + '[SEP]' at 200 word pieces.
         "max_text_length": 200,
     },
@@ -486,6 +493,8 @@ def from_flat_dict(flat: dict[str, Any]) -> TrainConfig:
             model[name] = _coerce(key, value, model_hints[name])
         elif key in known and key != "model":
             top[key] = _coerce(key, value, hints[key])
+            if key == "mixed_precision":
+                top[key] = LEGACY_PRECISIONS.get(top[key].strip().lower(), top[key])
         else:
             raise ConfigError(f"{key}: unknown setting; known: {sorted(_all_keys())}")
     config = TrainConfig(model=ModelConfig(**model), **top)

@@ -13,8 +13,8 @@ Two kinds of entry, each in its own folder under `<cache root>/features/`:
 Stored as half-precision `.npy` files opened memory-mapped, so every trial on a node shares one copy in the page
 cache. An entry's folder name is a digest of everything that changes its numbers (the data's content, the
 encoder's actual weights as `encoder_key`, a `state_digest` of them, image size, augmentation settings, K, seed,
-token ids and segment ids), so a changed setting can never reuse stale features. An entry is built once under a
-file lock while other trials wait, then renamed into place.
+token ids and segment ids, and the precision the encoders ran in), so a changed setting can never reuse stale
+features. An entry is built once under a file lock while other trials wait, then renamed into place.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from clmlf.data import Post
 from clmlf.loading import EncodedTexts, load_rgb, pad, pad_segments
+from clmlf.precision import Precision
 
 FORMAT_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
@@ -172,8 +173,10 @@ def _write_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _backbone_batches(backbone: nn.Module, images: list[torch.Tensor], device: torch.device, autocast) -> np.ndarray:
-    with autocast:
+def _backbone_batches(
+    backbone: nn.Module, images: list[torch.Tensor], device: torch.device, precision: Precision
+) -> np.ndarray:
+    with precision.autocast():
         features = backbone(torch.stack(images).to(device))  # (B, C, p, p)
     return _half_precision(features.float().cpu().numpy(), "image features")
 
@@ -191,7 +194,7 @@ def image_features(
     augmented_views: int,
     seed: int,
     device: torch.device,
-    autocast,
+    precision: Precision,
     cache_root: Path,
     log: Callable[[str], None] = print,
 ) -> ImageFeatures:
@@ -204,6 +207,7 @@ def image_features(
             "augmentation": augmentation_settings,
             "augmented_views": augmented_views,
             "seed": seed,
+            "precision": precision.name,
         }
     )
     folder = cache_root / f"images-{key}"
@@ -226,7 +230,7 @@ def image_features(
                         # Each (batch, view) draws from its own seed, so the bank does not depend on batch order.
                         torch.manual_seed(_stable_seed(seed, split, start, view))
                         batch = [augmentation(image) for image in chunk]
-                    features = _backbone_batches(backbone, batch, device, autocast)  # (B, C, p, p)
+                    features = _backbone_batches(backbone, batch, device, precision)  # (B, C, p, p)
                     if array is None:
                         shape = (len(images), views, *features.shape[1:])
                         array = _write_array(staging / f"{split}.npy", shape)
@@ -257,7 +261,7 @@ def _ragged_states(
     pad_token_id: int,
     width: int,
     device: torch.device,
-    autocast,
+    precision: Precision,
     path: Path,
     bar: tqdm,
 ) -> None:
@@ -270,7 +274,7 @@ def _ragged_states(
         indices = order[start : start + BUILD_BATCH]
         ids, mask = pad([sequences[index] for index in indices], pad_token_id)
         segment_ids = pad_segments([segments[index] for index in indices]).to(device) if segments is not None else None
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), precision.autocast():
             states = encoder(ids.to(device), mask.to(device), segment_ids)  # (B, S, D)
         states = _half_precision(states.float().cpu().numpy(), "text states")
         for row, index in enumerate(indices):
@@ -303,12 +307,14 @@ def text_states(
     encoder_key: str,
     width: int,
     device: torch.device,
-    autocast,
+    precision: Precision,
     cache_root: Path,
     log: Callable[[str], None] = print,
 ) -> TextStates:
     ids_digest = hashlib.sha256(json.dumps({split: _encoder_inputs(texts[split]) for split in sorted(texts)}).encode())
-    key = key_digest({"kind": "text", "encoder": encoder_key, "token_ids": ids_digest.hexdigest()})
+    key = key_digest(
+        {"kind": "text", "encoder": encoder_key, "token_ids": ids_digest.hexdigest(), "precision": precision.name}
+    )
     folder = cache_root / f"text-{key}"
 
     def build(staging: Path) -> None:
@@ -316,7 +322,7 @@ def text_states(
         total = sum(len(encoded.texts) + len(encoded.translations or []) for encoded in texts.values())
         bar = _progress(total, "text states", "text")
         for split, encoded in texts.items():
-            arguments = (encoded.pad_token_id, width, device, autocast)
+            arguments = (encoded.pad_token_id, width, device, precision)
             _ragged_states(encode, encoded.texts, encoded.text_segments, *arguments, staging / f"{split}", bar)
             if encoded.translations:
                 translations = (encoded.translations, encoded.translation_segments)

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from clmlf.data import Post
+from clmlf.device import to_device
 from clmlf.model import ModelInputs
 
 
@@ -145,7 +146,7 @@ class Batch:
         return len(self.labels)
 
     def to(self, device: torch.device) -> Batch:
-        return self.map_tensors(lambda tensor: tensor.to(device, non_blocking=True))
+        return self.map_tensors(lambda tensor: to_device(tensor, device))
 
     def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True."""

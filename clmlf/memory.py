@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from clmlf.device import release_device_memory
+
 STATUS_FILE = Path("/proc/self/status")
 
 
@@ -46,10 +48,7 @@ def _glibc_malloc_trim():
 def release_memory(device: torch.device | None = None) -> None:
     """Free what a finished run left: unreachable reference cycles, freed heap pages and the CUDA cache."""
     gc.collect()
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    release_device_memory(device)
     malloc_trim = _glibc_malloc_trim()
     if malloc_trim is not None:
         malloc_trim(0)

@@ -121,11 +121,13 @@ class AttentionPooling(nn.Module):
         self.score = nn.Sequential(nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, 1))
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        scores = self.score(tokens).squeeze(-1)  # (B, L, D) -> (B, L)
+        # The scores in fp32 under any autocast: in bf16 the weights of a long post would each be rounded by up to
+        # 2^-8 of themselves, and R~ with them.
+        scores = self.score(tokens).squeeze(-1).float()  # (B, L, D) -> (B, L)
         # The paper typesets Eq. 7 wrongly; the intended operation is a softmax over the valid tokens only.
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1).unsqueeze(-1)  # (B, L, 1)
-        return (weights * tokens).sum(dim=1)  # (B, D)
+        return (weights * tokens.float()).sum(dim=1)  # (B, D), fp32
 
 
 class Classifier(nn.Module):

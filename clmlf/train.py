@@ -19,11 +19,9 @@ import dataclasses
 import json
 import math
 import random
-import resource
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from tqdm import tqdm
 from clmlf.augment import augmentation_transform, evaluation_transform
 from clmlf.config import ConfigError, TrainConfig, build_config, differences, load_config_file, parse_overrides
 from clmlf.data import DataError, LoadedDataset, load_dataset
+from clmlf.device import peak_memory_mb, pins_memory, resolve_device
 from clmlf.encoders import EncoderUnavailable, load_tokenizer
 from clmlf.features import dataset_digest, default_cache_root, image_features, state_digest, text_states
 from clmlf.loading import (
@@ -57,6 +56,7 @@ from clmlf.losses import (
 from clmlf.memory import release_memory
 from clmlf.metrics import classification_metrics, confusion_matrix, with_prefix
 from clmlf.model import CLMLF, ModelInputs
+from clmlf.precision import resolve_precision
 from clmlf.train_command import parse_arguments
 
 Report = Callable[[dict[str, Any], int, Path | None], None]
@@ -79,6 +79,8 @@ class TrainResult:
     data: dict[str, int]
     history: list[dict[str, Any]] = field(default_factory=list)
     runtime_seconds: float = 0.0
+    # The precision the run trained in and why (`clmlf.precision.resolve_precision`).
+    precision: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,31 +97,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products run several times faster than fp32; without them bf16 is
-    emulated and slower, so the CPU stays in fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def mixed_precision_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA and on CPUs with native bf16; master weights, losses and optimiser state stay fp32."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if enabled and device.type == "cpu" and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def learning_rate_factor(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
@@ -140,10 +117,10 @@ def learning_rate_factor(total_steps: int, warmup_ratio: float, schedule: str) -
 class Run:
     """Everything one training run holds: data, loaders, model, optimiser, and how a batch becomes losses."""
 
-    def __init__(self, config: TrainConfig, log: Callable[[str], None]):
+    def __init__(self, config: TrainConfig, log: Callable[[str], None], device: torch.device | None = None):
         self.config = config
         self.log = log
-        self.device = resolve_device(config.device)
+        self.device = device if device is not None else resolve_device(config.device)
         self.dataset = load_dataset(
             config.dataset,
             config.data_root,
@@ -158,7 +135,12 @@ class Run:
         self.metric = selection_metric(config, self.dataset)
         seed_everything(config.seed)
         self.model = CLMLF(config.model, self.dataset.spec.num_classes).to(self.device)
-        self.autocast = mixed_precision_context(self.device, config.mixed_precision)
+        self.precision = resolve_precision(config.mixed_precision, self.device)
+        log(f"precision: {self.precision.name} ({self.precision.reason})")
+        self.autocast = self.precision.autocast()
+        # fp16 only: scales the loss so that small gradients survive fp16's range; a pass-through otherwise.
+        self.scaler = self.precision.grad_scaler()
+        self.overflows = 0
         self.encoder_digests: dict[str, str] = {}
         self.splits = self._split_inputs()
         # fused: one kernel for all parameters instead of a loop over them; on CPU, AdamW over a fine-tuned text
@@ -228,7 +210,7 @@ class Run:
             shuffle_generator=torch.Generator().manual_seed(self.epoch_seed(epoch)) if training else None,
             group_by_length=self.config.train_batch_sampling == "length-grouped",
             num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=pins_memory(self.device),
         )
 
     def _cached_inputs(self, texts: dict[str, EncodedTexts], evaluation, augmentation) -> dict[str, CachedInputs]:
@@ -239,7 +221,7 @@ class Run:
         """
         config, model = self.config, self.model
         root = Path(config.feature_cache_dir) if config.feature_cache_dir else default_cache_root()
-        common = {"device": self.device, "autocast": self.autocast, "cache_root": root, "log": self.log}
+        common = {"device": self.device, "precision": self.precision, "cache_root": root, "log": self.log}
         splits = self.dataset.splits
         cached = {
             split: CachedInputs(augment_original_images=config.augment_original_images, seed=config.seed)
@@ -366,6 +348,7 @@ class Run:
         # Time spent waiting for the loader (decoding, augmentation, collation; the host-side view on a GPU):
         # what a starved accelerator or a cache that skips image loading shows up in.
         data_wait = 0.0
+        skipped = 0
         waiting = time.perf_counter()
         for step, batch in enumerate(self.loader("train", epoch)):
             if step >= self.steps_per_epoch:
@@ -374,10 +357,10 @@ class Run:
             batch = batch.to(self.device)
             with self.autocast:
                 terms = self.losses(batch, epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            if self.optimizer_step(terms["total"]):
+                self.scheduler.step()
+            else:
+                skipped += 1
             size = len(batch)
             samples += size
             for name, value in terms.items():
@@ -395,9 +378,31 @@ class Run:
         metrics["train/data_wait_seconds"] = data_wait
         metrics["train/peak_memory_mb"] = peak_memory_mb(self.device)
         metrics["train/text_encoder_frozen"] = float(self.text_frozen(epoch))
+        metrics["train/precision"] = self.precision.name
+        metrics["train/precision_reason"] = self.precision.reason
+        if self.scaler.is_enabled():
+            metrics["train/loss_scale"] = self.scaler.get_scale()
+            metrics["train/skipped_steps"] = skipped
+            metrics["train/overflows"] = self.overflows
         for group in self.optimizer.param_groups:
             metrics[f"lr/{group['name']}"] = group["lr"]
         return metrics
+
+    def optimizer_step(self, loss: torch.Tensor) -> bool:
+        """Backward and one optimiser step; under fp16 the loss is scaled first. Returns False when the step was
+        skipped because the scaled gradients overflowed (the scaler then lowers its scale)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if not self.scaler.is_enabled():
+            self.optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() < scale:
+            self.overflows += 1
+            return False
+        return True
 
     @torch.no_grad()
     def evaluate(self, split: str, epoch: int) -> tuple[dict[str, float], list[list[int]]]:
@@ -447,6 +452,7 @@ class Run:
             "untrained_encoders": {name: self.encoder_digest(name, module) for name, module in untrained.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": {**self.scaler.state_dict(), "overflows": self.overflows},
             "best": best,
             "history": history,
             "config": self.config.to_flat_dict(),
@@ -457,6 +463,10 @@ class Run:
         self.load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        scaler = dict(state.get("grad_scaler") or {})
+        self.overflows = scaler.pop("overflows", 0)
+        if self.scaler.is_enabled() and scaler:
+            self.scaler.load_state_dict(scaler)
 
     def load_model_state(self, state: dict[str, Any], path: Path) -> None:
         """The model's weights from a checkpoint; the encoders it left out must rebuild to the same weights."""
@@ -481,13 +491,6 @@ class Run:
             )
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in KiB on Linux: the process's peak resident memory, the CPU counterpart.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def train(
     config: TrainConfig,
     report: Report | None = None,
@@ -496,15 +499,17 @@ def train(
     resume_from: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train, select the epoch on dev, and return the selected epoch's dev and test metrics.
 
     output_dir: where the checkpoint of the last epoch (`checkpoint/`) and `result.json` go; none are written
     without it. resume_from: a checkpoint folder written by an earlier run; training continues at the next epoch.
+    device: where to train, if not where the config's `device` resolves to (a scheduler's assigned GPU).
     """
     started = time.perf_counter()
     output = Path(output_dir) if output_dir is not None else None
-    run = Run(config, log)
+    run = Run(config, log, device)
     best: dict[str, Any] = {"epoch": -1, "dev": {}, "test": {}}
     history: list[dict[str, Any]] = []
     first_epoch = 0
@@ -560,6 +565,7 @@ def train(
         data=dict(run.dataset.affected),
         history=history,
         runtime_seconds=time.perf_counter() - started,
+        precision={"name": run.precision.name, "reason": run.precision.reason},
     )
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)

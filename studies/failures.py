@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # How often the driver looks for trials that reported a final failure, and how long a trial waits for it.
 POLL_INTERVAL_S = 0.2
@@ -66,7 +67,12 @@ class RetryPolicy(tune.Callback):
         self.__init__(state["experiment_name"], state["retries"])
 
     def setup(self, **info) -> None:
-        self._actor = FinalFailures.options(name=actor_name(self.experiment_name), get_if_exists=True).remote()
+        # On the driver's own node: a worker node may be lost mid-study (a spot instance, a failed machine), and the
+        # driver must not lose its record of final failures with it.
+        driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._actor = FinalFailures.options(
+            name=actor_name(self.experiment_name), get_if_exists=True, scheduling_strategy=driver_node
+        ).remote()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         # The study's retry budget, also for a trial that --resume-errored runs again after a final failure.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -32,26 +33,38 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
+    from clmlf.device import allocated_memory_mb, reserved_memory_mb, resolve_device
     from clmlf.memory import anonymous_memory_mb
-    from clmlf.train import resolve_device, train
+    from clmlf.train import train
     from studies.failures import final_errors_end_the_trial
 
+    started_at = time.time()
     with final_errors_end_the_trial():
         train_config = TrainConfig.from_flat_dict({**base, **config})
+    # The GPU Ray assigned to this trial (several trials share one under --gpus-per-trial 0.5), not always cuda:0.
+    gpu_ids = [str(gpu) for gpu in ray.get_gpu_ids()]
+    device = resolve_device(train_config.device, gpu_ids)
     placement = {
         "trial/node": socket.gethostname(),
         "trial/node_ip": ray.util.get_node_ip_address(),
         "trial/node_id": ray.get_runtime_context().get_node_id(),
-        "trial/device": str(resolve_device(train_config.device)),
+        "trial/device": str(device),
+        "trial/gpu_ids": ",".join(gpu_ids),
+        "trial/cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        # Wall-clock start, and each report's time (trial/reported_at): how trials overlapped.
+        "trial/started_at": started_at,
         # The worker process: Tune runs several trials in one (reuse_actors), which this makes visible.
         "trial/process": f"{socket.gethostname()}:{os.getpid()}",
         # What earlier trials in this process left behind; trial/worker_rss_anon_mb is the same after each epoch.
         "trial/worker_rss_anon_start_mb": anonymous_memory_mb(),
+        # The same on the GPU (NaN on a CPU): a reused worker must start every trial from its baseline.
+        "trial/gpu_allocated_start_mb": allocated_memory_mb(device),
+        "trial/gpu_reserved_start_mb": reserved_memory_mb(device),
     }
 
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
-        memory = {"trial/worker_rss_anon_mb": anonymous_memory_mb()}
+        memory = {"trial/worker_rss_anon_mb": anonymous_memory_mb(), "trial/reported_at": time.time()}
         selected = {SELECTED_CHECKPOINT: float(metrics["selected/epoch"] == epoch)}
         tune.report(
             {**metrics, "epoch": epoch, EPOCHS_COMPLETED: epoch + 1, **placement, **memory, **selected},
@@ -66,7 +79,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
         checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as resume_from,
         final_errors_end_the_trial(),
     ):
-        train(train_config, report, output_dir=output, resume_from=resume_from)
+        train(train_config, report, output_dir=output, resume_from=resume_from, device=device)
 
 
 def trial_dirname(trial) -> str:

@@ -9,9 +9,11 @@ real MLflow tracking server. Both are session-scoped, since starting them costs 
   to a study script; disconnect with `ray.shutdown()`. The cluster is shut down at the end of the session.
 - `mlflow_server`: `python -m mlflow server` on a free loopback port with a SQLite store and a local artifact
   root in a tmp folder; yields its `http://127.0.0.1:<port>` URI and stops it at the end of the session.
+- `small_demo_root`: a data root with a tiny demo set (16/8/8 posts, 32-pixel images), generated once.
 - `free_loopback_port`: a TCP port on 127.0.0.1 that nothing listens on (e.g. an unreachable server's URI).
-- `smoke_sweep`: the smoke layer sweep on two seeds, run once on `ray_cluster` with one GPU per trial and its
-  checkpoints kept; its folder holds the study folder `tune/sweep` and the MLflow store `mlflow.db`.
+- `smoke_sweep`: the smoke layer sweep on two seeds, run once on `ray_cluster` with half a GPU per trial (two trials
+  share each GPU) and its checkpoints kept; its folder holds the study folder `tune/sweep` and the MLflow store
+  `mlflow.db`.
 - `smoke_search`: the smoke search as a user starts it, `python studies/search.py --smoke-test` in a subprocess
   whose environment alone names the MLflow server (MLFLOW_TRACKING_URI) and the Ray cluster (RAY_ADDRESS); its
   Optuna study stored by default, its printed output kept.
@@ -57,6 +59,21 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.setenv("CLMLF_CACHE_DIR", str(cache))
         ensure_demo_dataset()
         yield cache
+
+
+SMALL_DEMO_SIZES_AND_IMAGE = ((16, 8, 8), 32)
+
+
+@pytest.fixture(scope="session")
+def small_demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding a 16/8/8-post demo set with 32-pixel images: for tests whose trials must be quick (those
+    that force emulated bf16 or fp16 on the CPU, those that only check how trials are scheduled)."""
+    from clmlf.demo_data import DemoSizes, generate_demo_dataset
+
+    (train, dev, test), image_size = SMALL_DEMO_SIZES_AND_IMAGE
+    root = tmp_path_factory.mktemp("small-demo")
+    generate_demo_dataset(root, seed=7, sizes=DemoSizes(train=train, dev=dev, test=test), image_size=image_size)
+    return root
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,8 @@ def smoke_sweep(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluste
         "--smoke-test",
         "--seeds", "2",
         "--address", ray_cluster.address,
-        "--gpus-per-trial", "1",
+        # Two trials share each advertised GPU (and its node's one CPU).
+        "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5",
         "--keep-checkpoints",
         "--storage-path", str(folder / "tune"),
         "--name", SMOKE_SWEEP_NAME,

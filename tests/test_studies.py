@@ -181,8 +181,9 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
         chosen.add((params["model.fusion_layers"], params["model.image_layers"], params["seed"]))
     assert chosen == {(fusion, image, seed) for fusion, image in [(1, 1), (2, 1), (1, 2)] for seed in (0, 1)}
     assert len(nodes) > 1
-    # Two GPU slots for six trials: later trials run in the processes that finished trials leave behind.
-    assert len(processes) == 2
+    # Four slots (two GPUs, half a GPU each) for six trials: later trials run in the processes that finished trials
+    # leave behind.
+    assert len(processes) == 4
 
     rows = read_trials_csv(experiment)
     assert [row["status"] for row in rows] == ["TERMINATED"] * 6
@@ -204,6 +205,63 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
         run = by_trial[trial_dir.name.removeprefix("trial_")]
         for key in ("model.fusion_layers", "model.image_layers", "seed"):
             assert run.data.params[key] == str(params[key])
+
+
+def trial_intervals(experiment: Path) -> list[tuple[float, float, str]]:
+    """(start, last report, node id) of every trial, from what it reported."""
+    intervals = []
+    for trial_dir in trial_dirs(experiment):
+        rows = result_rows(trial_dir)
+        intervals.append((rows[0]["trial/started_at"], rows[-1]["trial/reported_at"], rows[0]["trial/node_id"]))
+    return intervals
+
+
+def most_at_once(intervals: list[tuple[float, float, str]]) -> int:
+    """The most intervals that cover one moment."""
+    events = sorted([(start, 1) for start, _, _ in intervals] + [(end, -1) for _, end, _ in intervals])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.slow
+def test_two_trials_share_each_gpu_never_three_each_on_the_gpu_ray_assigned(smoke_sweep, ray_cluster):
+    experiment = smoke_sweep / "tune" / "sweep"
+    intervals = trial_intervals(experiment)
+    for node in ray_cluster.gpu_node_ids:
+        assert most_at_once([interval for interval in intervals if interval[2] == node]) <= 2
+    # More trials at once than there are GPUs: they shared them.
+    assert most_at_once(intervals) > len(ray_cluster.gpu_node_ids)
+    for trial_dir in trial_dirs(experiment):
+        for row in result_rows(trial_dir):
+            # The GPU Ray assigned reached the trial's process as its CUDA_VISIBLE_DEVICES.
+            assert row["trial/gpu_ids"] and row["trial/gpu_ids"] == row["trial/cuda_visible_devices"]
+
+
+def concurrency_arguments(kind: str, sweep: Path, data_root: Path) -> list[str]:
+    """Two quick trials of each study, on the small demo set."""
+    return {
+        "layer_sweep": ["--fusion-layers", "1,2", "--image-layers", "1", "--seeds", "1"],
+        "ablation": ["--variants", "mlf,full", "--seeds", "1"],
+        "search": ["--num-samples", "2"],
+        "confirm": ["--study", str(sweep), "--top-k", "2", "--seeds", "1"],
+    }[kind] + ["--data-root", str(data_root)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["layer_sweep", "ablation", "search", "confirm"])
+def test_every_study_keeps_to_max_concurrent(kind, smoke_sweep, small_demo_root, ray_cluster, tmp_path, capfd):
+    # Two GPU nodes would run both trials at once; --max-concurrent 1 must run them one after the other.
+    script = {"layer_sweep": layer_sweep, "ablation": ablation, "search": search, "confirm": confirm}[kind]
+    extra = concurrency_arguments(kind, smoke_sweep / "tune" / "sweep", small_demo_root)
+    arguments = study_arguments(tmp_path, "limited", "--address", ray_cluster.address, "--max-concurrent", "1", *extra)
+    assert script.main(arguments) == 0
+    printed = capfd.readouterr()
+    assert "will be ignored" not in printed.out + printed.err
+    intervals = trial_intervals(tmp_path / "tune" / "limited")
+    assert len(intervals) == 2 and most_at_once(intervals) == 1
 
 
 @pytest.mark.slow

@@ -55,6 +55,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # The best trial's model: its checkpoint at the epoch selected on dev, an artifact folder of its child run.
 MODEL_ARTIFACT = "model"
+# Text the trainer reports with every epoch, kept as tags of the run: the precision it trained in, and why.
+TEXT_RESULT_TAGS = {"train/precision": "clmlf.precision", "train/precision_reason": "clmlf.precision_reason"}
 
 
 @contextmanager
@@ -214,9 +216,10 @@ class RunRecorder:
             return
         timestamp = int(time.time() * 1000)
         metrics = [Metric(key, value, timestamp, epoch) for key, value in trainer_metrics(result).items()]
+        tags = [RunTag(tag, str(result[key])) for key, tag in TEXT_RESULT_TAGS.items() if key in result]
         # log_batch takes at most 1000 metrics per call.
         for start in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000], tags=tags if start == 0 else [])
         self.logged_epochs.add(epoch)
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -75,7 +75,7 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     """A new run (a RunRecorder), or with --resume the run that the output folder's earlier training logged to."""
     from mlflow.tracking import MlflowClient
 
-    from clmlf.train import resolve_device
+    from clmlf.device import resolve_device
     from tracking.mlflow_logging import RunRecorder, ensure_experiment, experiment_name, git_commit, source_tags
 
     client = MlflowClient(tracking_uri)
