@@ -238,7 +238,7 @@ def test_best_config_loads_back_into_the_trainer_unchanged(report: dict[str, Pat
         assert load_config_file(path).to_flat_dict() == exported
         assert type(exported["seed"]) is int
         assert type(exported["learning_rate"]) is float
-        assert type(exported["mixed_precision"]) is bool
+        assert type(exported["augment_original_images"]) is bool
         assert exported["data_root"] is None
 
 
