@@ -21,6 +21,7 @@ from conftest import SMALL_DEMO_SIZES_AND_IMAGE
 from mlflow.tracking import MlflowClient
 from tolerances import ATTENTION_PADDING_TOLERANCE, PRECISIONS, RELATIVE_TOLERANCE, REPRESENTATION_PADDING_TOLERANCE
 
+from clmlf import device
 from clmlf.analysis import analyse_split
 from clmlf.config import build_config
 from clmlf.device import CPU_BF16_VARIABLE, resolve_device
@@ -99,6 +100,20 @@ def test_a_trial_trains_on_the_gpu_ray_assigned_to_it():
     assert resolve_device("auto", ["2"], visible="2", cuda_available=False) == torch.device("cpu")
     with pytest.raises(ValueError, match="hides it"):
         resolve_device("auto", ["2"], visible="0,1", cuda_available=True)
+
+
+def test_the_device_layer_runs_on_a_cpu():
+    cpu = torch.device("cpu")
+    tensor = torch.ones(3)
+    assert not device.pins_memory(cpu) and device.to_device(tensor, cpu) is tensor
+    device.synchronize(cpu)
+    device.reset_peak_memory(cpu)
+    # On a CPU the peak is the process's resident memory; there is no device memory to read.
+    assert device.peak_memory_mb(cpu) > 0
+    assert math.isnan(device.allocated_memory_mb(cpu)) and math.isnan(device.reserved_memory_mb(cpu))
+    device.release_device_memory(cpu)
+    assert device.device_name(cpu) == "CPU"
+    assert not device.native_bf16(torch.device("meta"))
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
