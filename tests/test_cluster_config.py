@@ -53,7 +53,6 @@ COMMAND_LISTS = (
     "head_start_ray_commands",
     "worker_start_ray_commands",
 )
-UNSPECIFIED_ADDRESSES = {"", "0.0.0.0", "::", "[::]", "*"}
 SHELL_OPERATORS = {"&", "&&", "|", "||", ";", ">", ">>", "<", "2>&1"}
 
 
@@ -85,7 +84,7 @@ def mlflow_server_command_from_cluster_yaml(
 ) -> list[str]:
     """The `mlflow server` command line the head's start commands run, split into arguments, from the MLflow
     executable on (the systemd wrapper left out). Each given value replaces the cluster-specific one (the
-    venv's mlflow, the `hostname -I` expression, the port, the SQLite file, the S3 destination), so a test
+    venv's mlflow, the host, the port, the SQLite file, the S3 destination), so a test
     can start the same server locally."""
     commands = load_cluster_yaml(cluster_yaml).get("head_start_ray_commands", [])
     matches = [command for command in commands if re.search(r"\bmlflow server\b", command)]
@@ -162,13 +161,6 @@ def node_environment(home: Path) -> dict[str, str]:
 def write_ubuntu_bashrc(home: Path) -> None:
     # Ubuntu's ~/.bashrc returns early for non-interactive shells; what setup appends must still be read.
     (home / ".bashrc").write_text("case $- in\n    *i*) ;;\n      *) return;;\nesac\nHISTCONTROL=ignoreboth\n")
-
-
-def evaluate_in_bash(expression: str) -> str:
-    """The value a node's shell gives a double-quoted word such as `$(hostname -I | awk '{print $1}')`."""
-    return subprocess.run(
-        ["bash", "-c", f'echo "{expression}"'], capture_output=True, text=True, check=True, timeout=10
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -384,9 +376,8 @@ def test_head_environment_points_at_its_own_mlflow_with_token_authentication(
     for command in commands_containing(config["head_setup_commands"], ENVIRONMENT_FILE):
         result = run_like_ray(command, tmp_path)
         assert result.returncode == 0, f"{command}\n{result.stderr}"
-    host = evaluate_in_bash(option_value(mlflow_server_command_from_cluster_yaml(), "--host"))
     environment = node_environment(tmp_path)
-    assert environment["CLMLF_TRACKING_URI"] == f"http://{host}:{MLFLOW_PORT}"
+    assert environment["CLMLF_TRACKING_URI"] == f"http://{LOOPBACK}:{MLFLOW_PORT}"
     assert environment["CLMLF_RAY_ADDRESS"] == "auto"
     assert environment["RAY_AUTH_MODE"] == "token"
 
