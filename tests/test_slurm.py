@@ -5,8 +5,10 @@ advertises it, and CUDA stays unavailable, so the trials train on CPU. That devi
 differs from a GPU cluster.
 
 The smoke layer sweep runs as a job: Ray's head on node1 and a worker on node2 (srun), MLflow started on the head,
-and the Tune folder and the MLflow runs are checked after the job, with nothing it started left running. A second
-job joins an MLflow server that is already running instead of starting one.
+and the Tune folder and the MLflow runs are checked after the job, with nothing it started left running. Before the
+sweep, the job's driver checks that its Ray cluster turns away a client without the job's token and its MLflow a
+request without the job's password. A second job joins an MLflow server that is already running instead of starting
+one, and a job whose node-local folder sits on shared storage stops before it starts anything.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ RAY_START_ARGUMENTS = "--object-store-memory=100000000"
 # Set for a job by its test alone, never taken from the environment the tests run in.
 JOB_VARIABLES = (
     "CLMLF_TRACKING_URI", "MLFLOW_TRACKING_URI", "CLMLF_RAY_ADDRESS", "CLMLF_STORAGE_PATH", "CLMLF_MLFLOW_DIR",
+    "CLMLF_LOCAL_DIR", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
 )  # fmt: skip
 
 
@@ -206,20 +209,49 @@ def ray_temp_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# The smoke sweep's driver, after two checks from inside the job: a request to the job's MLflow without the password,
+# and a Ray client with the job's environment less its token.
+CHECKED_SWEEP = """
+import os, subprocess, sys, urllib.error, urllib.request
+
+from studies import layer_sweep
+
+try:
+    with urllib.request.urlopen(os.environ["CLMLF_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"):
+        print("MLflow without the password: answered")
+except urllib.error.HTTPError as error:
+    print(f"MLflow without the password: HTTP {error.code}")
+without_token = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_TOKEN"}
+client = subprocess.run(
+    [sys.executable, "-c", "import os, ray; ray.init(address=os.environ['CLMLF_RAY_ADDRESS'])"],
+    env={**without_token, "RAY_AUTH_MODE": "disabled", "RAY_gcs_server_port_wait_time_s": "2"},
+    capture_output=True, text=True, timeout=120,
+)
+refused = client.returncode != 0 and "Authentication token is missing or incorrect" in client.stderr
+print(f"Ray without the token: {'refused' if refused else 'not refused'}")
+sys.exit(layer_sweep.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_the_batch_script_runs_a_study_on_two_nodes_with_its_own_mlflow(slurm, tmp_path, ray_temp_dir):
-    storage, mlflow_folder = tmp_path / "tune", tmp_path / "mlflow"
+    storage, mlflow_folder, local_folder = tmp_path / "tune", tmp_path / "mlflow", tmp_path / "node-local"
+    local_folder.mkdir()
+    study = tmp_path / "checked_sweep.py"
+    study.write_text(CHECKED_SWEEP)
     variables = {
         "CLMLF_STORAGE_PATH": str(storage),
         "CLMLF_MLFLOW_DIR": str(mlflow_folder),
+        "CLMLF_LOCAL_DIR": str(local_folder),
         "CLMLF_RAY_TEMP_DIR": str(ray_temp_dir),
     }
-    returncode, output = submit(
-        slurm, tmp_path, variables, "studies/layer_sweep.py", "--smoke-test", "--name", "slurm-sweep"
-    )
+    returncode, output = submit(slurm, tmp_path, variables, str(study), "--smoke-test", "--name", "slurm-sweep")
     assert returncode == 0, output
     assert "Ray cluster ready: 2 nodes" in output
     assert "'GPU': 2.0" in output, "SLURM's GPUs did not reach Ray"
+    assert "Ray without the token: refused" in output
+    assert "MLflow without the password: HTTP 401" in output
+    assert "MLflow: started http://127.0.0.1:" in output
 
     experiment = storage / "slurm-sweep"
     with (experiment / TRIALS_FILE).open() as handle:
@@ -231,12 +263,18 @@ def test_the_batch_script_runs_a_study_on_two_nodes_with_its_own_mlflow(slurm, t
     }
     assert len(placed_on) == len(NODES), "the trials did not use both nodes"
 
-    # The server was the job's: it has stopped, and its database holds the study.
-    client = MlflowClient(f"sqlite:///{mlflow_folder / 'mlflow.db'}")
+    # The server was the job's: it has stopped, its database came back from the node's own disk into the job's own
+    # folder, and it holds the study.
+    job_folders = list(mlflow_folder.glob("job-*"))
+    assert len(job_folders) == 1, job_folders
+    assert f"MLflow: database copied to {job_folders[0] / 'mlflow.db'}" in output
+    assert list(local_folder.iterdir()) == [], "the job left its node-local folder behind"
+    database = f"sqlite:///{job_folders[0] / 'mlflow.db'}"
+    client = MlflowClient(database)
     mlflow_experiment = client.get_experiment_by_name(experiment_name(layer_sweep.KIND, "demo"))
     parents = client.search_runs([mlflow_experiment.experiment_id], filter_string="tags.`clmlf.role` = 'study'")
     assert [parent.info.status for parent in parents] == ["FINISHED"]
-    trial_runs = child_runs(f"sqlite:///{mlflow_folder / 'mlflow.db'}", parents[0].info.run_id)
+    trial_runs = child_runs(database, parents[0].info.run_id)
     assert sorted(run.data.tags["clmlf.trial_id"] for run in trial_runs) == trial_ids
     assert processes_using(str(ray_temp_dir)) == [], "Ray processes outlived the job"
     assert processes_using(str(mlflow_folder)) == [], "the job's MLflow server outlived the job"
@@ -276,6 +314,32 @@ def test_the_batch_script_joins_an_mlflow_server_given_by_a_variable(slurm, tmp_
     assert len(runs) == 1
     assert runs[0].data.metrics == {"ray_nodes": len(NODES), "ray_gpus": len(NODES)}
     assert processes_using(str(ray_temp_dir)) == []
+
+
+# `df` as it answers for a folder on NFS: a file system that cannot be mounted here.
+NFS_DF = """#!/usr/bin/env bash
+printf 'Type\\nnfs4\\n'
+"""
+
+
+def test_the_batch_script_refuses_shared_storage_for_sqlite_before_starting_anything(slurm, tmp_path, ray_temp_dir):
+    fake_bin, local_folder = tmp_path / "bin", tmp_path / "node-local"
+    fake_bin.mkdir()
+    local_folder.mkdir()
+    (fake_bin / "df").write_text(NFS_DF)
+    (fake_bin / "df").chmod(0o755)
+    variables = {
+        "PATH": f"{fake_bin}:{slurm.environment['PATH']}",
+        "CLMLF_LOCAL_DIR": str(local_folder),
+        "CLMLF_MLFLOW_DIR": str(tmp_path / "mlflow"),
+        "CLMLF_RAY_TEMP_DIR": str(ray_temp_dir),
+    }
+    returncode, output = submit(slurm, tmp_path, variables, "studies/layer_sweep.py", "--smoke-test")
+    assert returncode == 2, output
+    assert "is on nfs4, shared storage where SQLite's locks are unreliable" in output
+    assert "CLMLF_LOCAL_DIR" in output
+    assert not any(ray_temp_dir.iterdir()), "Ray started although MLflow's database had nowhere safe to go"
+    assert list(local_folder.iterdir()) == [], "the refused job left its node-local folder behind"
 
 
 def test_the_batch_script_refuses_a_missing_study_before_starting_anything(slurm, tmp_path, ray_temp_dir):
