@@ -17,11 +17,14 @@ from typing import Any
 
 from clmlf.data import AUGMENTED_TEXT_SOURCES
 from clmlf.encoders import IMAGE_ENCODERS, LOCAL_FOLDER_HINT, image_weights_problem, text_encoder_width
-from clmlf.precision import LEGACY_PRECISIONS, PRECISIONS
 
 VARIANTS = ("full", "mlf", "mlf-lbcl", "mlf-dbcl", "text-only", "image-only")
 LBCL_VARIANTS = ("paper", "original")
 IMAGE_POLICIES = ("error", "skip", "blank")
+# `mixed_precision`'s values; clmlf/precision.py says what each means on each device.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Configs written before the setting took a precision: true was bf16 where native (now `auto`), false fp32.
+LEGACY_PRECISIONS = {"true": "auto", "false": "fp32"}
 SELECTION_METRICS = ("dataset-default", "acc", "f1_weighted", "f1_macro")
 LR_SCHEDULES = ("constant", "linear")
 IMAGE_TOKEN_LAYOUTS = ("regions", "channel-mixing")

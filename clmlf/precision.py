@@ -22,11 +22,9 @@ from typing import TypeVar
 
 import torch
 
+from clmlf.config import PRECISIONS
 from clmlf.device import device_name, native_bf16
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# Configs written before the setting took a precision: true was bf16 where native (now `auto`), false fp32.
-LEGACY_PRECISIONS = {"true": "auto", "false": "fp32"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Function = TypeVar("Function", bound=Callable[..., torch.Tensor])

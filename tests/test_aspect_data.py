@@ -9,7 +9,6 @@ import html
 import json
 import random
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from clmlf.encoders import load_tokenizer
 from clmlf.features import image_features, text_states
 from clmlf.loading import CachedInputs, EncodedTexts, Phase, PostDataset, SplitInputs, encode_texts, make_collate
 from clmlf.model import CLMLF
+from clmlf.precision import resolve_precision
 from clmlf.text_augment import swap_and_delete
 from clmlf.train import Run, main
 from studies import layer_sweep
@@ -423,7 +423,7 @@ def test_feature_cache_encodes_each_distinct_image_once(tmp_path):
             augmented_views=views,
             seed=0,
             device=torch.device("cpu"),
-            autocast=nullcontext(),
+            precision=resolve_precision("fp32", torch.device("cpu")),
             cache_root=tmp_path / "cache",
             log=lambda _: None,
         )
@@ -484,7 +484,8 @@ def test_segment_ids_are_part_of_the_text_cache_key(tmp_path):
     model = CLMLF(build_config("twitter2015", "tiny", {"model.variant": "text-only"}).model, classes=3).eval()
 
     def cached(texts: EncodedTexts) -> torch.Tensor:
-        common = {"device": torch.device("cpu"), "autocast": nullcontext(), "cache_root": tmp_path, "log": print}
+        cpu = torch.device("cpu")
+        common = {"device": cpu, "precision": resolve_precision("fp32", cpu), "cache_root": tmp_path, "log": print}
         states = text_states(model.text_encoder, model.encode_text, {"dev": texts}, encoder_key="t", width=64, **common)
         return states.texts["dev"][1]  # (S, D)
 

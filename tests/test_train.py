@@ -22,6 +22,7 @@ from clmlf.config import PRESETS, TrainConfig, build_config
 from clmlf.data import DataError, load_dataset
 from clmlf.demo_data import DemoSizes
 from clmlf.metrics import majority_class_accuracy
+from clmlf.precision import resolve_precision
 from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, TrainResult, main, train
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -112,7 +113,11 @@ def test_both_phases_report_every_epoch_with_the_contract_keys(two_epochs):
         confusion = metrics["dev/confusion_matrix"]
         assert isinstance(confusion, list) and all(isinstance(row, list) for row in confusion)
         assert len(confusion) == 3 and sum(map(sum, confusion)) == DemoSizes().dev
-        numbers = {key: value for key, value in metrics.items() if not key.endswith("confusion_matrix")}
+        # The precision and its reason are the only text results; MLflow records them as tags.
+        expected = resolve_precision(two_epochs.config.mixed_precision, torch.device("cpu"))
+        assert (metrics["train/precision"], metrics["train/precision_reason"]) == (expected.name, expected.reason)
+        texts = ("confusion_matrix", "train/precision", "train/precision_reason")
+        numbers = {key: value for key, value in metrics.items() if not key.endswith(texts)}
         for key, value in numbers.items():
             assert isinstance(value, int | float) and math.isfinite(value), key
         assert metrics["train/loss"] > 0
