@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from clmlf.config import ConfigError, TrainConfig, parse_overrides
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
+from clmlf.safe_files import UnreadableFile, load_tensors
 from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, Run, headline
 
 SPLITS = ("dev", "test")
@@ -52,7 +51,7 @@ def load_checkpoint(
     """A run (data, model) built from the config stored in the checkpoint in `folder`, with `overrides` on top and
     the checkpoint's weights loaded; and the checkpoint itself."""
     path = checkpoint_file(folder)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     flat = {**state["config"], "feature_cache": False, **(overrides or {})}
     if any(key.startswith("image_backbone.") for key in state["model"]):
         # The checkpoint holds the image encoder's weights: build it without fetching pretrained ones.
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.data_root:
             overrides["data_root"] = arguments.data_root
         results = evaluate_checkpoint(arguments.checkpoint, overrides)
-    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch) as error:
+    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch, UnreadableFile) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for split, metrics in results.items():

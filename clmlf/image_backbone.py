@@ -4,6 +4,7 @@ feature map. Its names are checked in clmlf/encoders.py (IMAGE_ENCODERS), which 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ import torchvision
 from torch import nn
 
 from clmlf.encoders import EncoderUnavailable
+from clmlf.safe_files import UnreadableFile, load_tensors
 
 # IMAGENET1K_V1 are the weights of `pretrained=True`, which the original code used.
 IMAGENET_WEIGHTS = {
@@ -61,7 +63,15 @@ class ImageBackbone(nn.Module):
 def _imagenet_state_dict(name: str) -> dict:
     weights = IMAGENET_WEIGHTS[name]
     try:
-        return weights.get_state_dict(progress=False, check_hash=False)
+        # Through torch.hub's cache in $TORCH_HOME, which every trial of a study reads: tensors only (safe_files.py).
+        return weights.get_state_dict(progress=False, check_hash=False, weights_only=True)
+    except pickle.UnpicklingError as error:
+        cached = Path(torch.hub.get_dir(), "checkpoints", weights.url.rsplit("/", 1)[-1])
+        raise EncoderUnavailable(
+            f"model.image_weights: {cached}: refused: it holds objects beyond tensors and plain containers, which "
+            f"only an unrestricted pickle load builds, and such a load can run any code ({error}). Delete it; "
+            "torchvision downloads the weights again."
+        ) from error
     except (OSError, RuntimeError) as error:
         raise EncoderUnavailable(
             f"model.image_weights: cannot get torchvision's ImageNet weights for {name} ({error}). torchvision "
@@ -73,5 +83,8 @@ def _imagenet_state_dict(name: str) -> dict:
 def _state_dict_file(path: Path) -> dict:
     if not path.is_file():
         raise EncoderUnavailable(f"model.image_weights: no weights file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = load_tensors(path)
+    except UnreadableFile as error:
+        raise EncoderUnavailable(f"model.image_weights: {error}") from error
     return state.get("state_dict", state) if isinstance(state, dict) else state

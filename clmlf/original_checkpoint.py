@@ -26,6 +26,7 @@ import torch
 from clmlf.config import ORIGINAL_HEAD_WIDTH, ModelConfig, TrainConfig, build_config
 from clmlf.data import dataset_spec
 from clmlf.model import CLMLF
+from clmlf.safe_files import UnreadableFile, load_tensors, save_tensors
 from clmlf.train import CHECKPOINT_FILE
 
 # Ours -> the original's, by prefix.
@@ -120,11 +121,9 @@ def original_sources(key: str) -> list[str]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The file's state dict, without a DataParallel `module.` prefix; refuses anything else, naming the file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise OriginalCheckpointError(f"{path}: no such file") from error
-    except Exception as error:  # torch raises several types for files it cannot read
-        raise OriginalCheckpointError(f"{path}: not a PyTorch state dict ({type(error).__name__}: {error})") from error
+        state = load_tensors(path)
+    except UnreadableFile as error:
+        raise OriginalCheckpointError(str(error)) from error
     if (
         not isinstance(state, Mapping)
         or not state
@@ -202,7 +201,7 @@ def write_checkpoint(out: Path, conversion: Conversion, config: TrainConfig, sou
         "ignored_keys": conversion.ignored,
     }
     path = out / CHECKPOINT_FILE
-    torch.save(state, path)
+    save_tensors(state, path)
     return path
 
 

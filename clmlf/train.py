@@ -57,6 +57,7 @@ from clmlf.memory import release_memory
 from clmlf.metrics import classification_metrics, confusion_matrix, with_prefix
 from clmlf.model import CLMLF, ModelInputs
 from clmlf.precision import resolve_precision
+from clmlf.safe_files import UnreadableFile, load_tensors, save_tensors, write_text_atomically
 from clmlf.train_command import parse_arguments
 
 Report = Callable[[dict[str, Any], int, Path | None], None]
@@ -509,13 +510,16 @@ def train(
     """
     started = time.perf_counter()
     output = Path(output_dir) if output_dir is not None else None
+    device = device if device is not None else resolve_device(config.device)
+    # Read before anything is built: a checkpoint that is refused or cut short costs no data loading.
+    resume_file = Path(resume_from) / CHECKPOINT_FILE if resume_from is not None else None
+    state = load_tensors(resume_file, map_location=device) if resume_file is not None else None
     run = Run(config, log, device)
     best: dict[str, Any] = {"epoch": -1, "dev": {}, "test": {}}
     history: list[dict[str, Any]] = []
     first_epoch = 0
-    if resume_from is not None:
-        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=run.device, weights_only=False)
-        run.load_state(state, Path(resume_from) / CHECKPOINT_FILE)
+    if resume_file is not None and state is not None:
+        run.load_state(state, resume_file)
         best, history, first_epoch = state["best"], state["history"], state["epoch"] + 1
         log(f"resumed from {resume_from} after epoch {state['epoch'] + 1}")
 
@@ -545,7 +549,7 @@ def train(
         if output is not None:
             checkpoint_dir = output / "checkpoint"
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(run.state(epoch, best, history), checkpoint_dir / CHECKPOINT_FILE)
+            save_tensors(run.state(epoch, best, history), checkpoint_dir / CHECKPOINT_FILE)
         if report is not None:
             report(metrics, epoch, checkpoint_dir)
         log(
@@ -569,7 +573,7 @@ def train(
     )
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+        write_text_atomically(output / "result.json", json.dumps(result.to_json(), indent=2))
     # A worker process runs many trials in turn: what this run allocated goes back before the next one starts.
     device = run.device
     del run
@@ -624,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = output / "checkpoint"
         resume_from = checkpoint if arguments.resume and (checkpoint / CHECKPOINT_FILE).is_file() else None
         result = train(config, output_dir=output, resume_from=resume_from, progress=True)
-    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch) as error:
+    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch, UnreadableFile) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -1,9 +1,10 @@
 """Which trial failures Tune retries: a failure that a retry cannot fix ends the trial at once; the rest are retried.
 
 Tune retries every failed trial up to FailureConfig(max_failures) times, whatever the error. An invalid config, bad
-data, an encoder that cannot be had or a checkpoint that does not fit (ConfigError, DataError, EncoderUnavailable,
-CheckpointMismatch) fail the same way on every retry, so a trial that meets one of them fails once, with its message.
-A lost node, a killed worker process or any other error is retried from the trial's last checkpoint as before.
+data, an encoder that cannot be had, a checkpoint that does not fit or is refused (ConfigError, DataError,
+EncoderUnavailable, CheckpointMismatch, UnreadableFile) fail the same way on every retry, so a trial that meets one
+of them fails once, with its message. A lost node, a killed worker process or any other error is retried from the
+trial's last checkpoint as before.
 
 Tune decides whether to retry from the trial's `max_failures` the moment the failure reaches the driver, and no
 callback runs in between. So the trial says it first: before it raises, it reports its id to this study's
@@ -96,11 +97,12 @@ def final_errors_end_the_trial() -> Iterator[None]:
     from clmlf.config import ConfigError
     from clmlf.data import DataError
     from clmlf.encoders import EncoderUnavailable
+    from clmlf.safe_files import UnreadableFile
     from clmlf.train import CheckpointMismatch
 
     try:
         yield
-    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch):
+    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch, UnreadableFile):
         context = tune.get_context()
         report_final_failure(context.get_trial_id(), context.get_experiment_name())
         raise

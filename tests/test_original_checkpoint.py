@@ -359,7 +359,7 @@ def test_bad_keys_are_listed_in_one_error(model):
 def test_files_that_are_not_state_dicts_are_refused_by_name(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
-    with pytest.raises(OriginalCheckpointError, match=r"notes\.pth: not a PyTorch state dict"):
+    with pytest.raises(OriginalCheckpointError, match=r"notes\.pth: not a PyTorch file"):
         read_state_dict(text)
     listed = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listed)
@@ -421,13 +421,13 @@ def test_the_converter_prints_the_head_count_and_what_it_left_out(tmp_path, caps
         assert re.search(rf"^ +{count}  {re.escape(kind)}$", printed, re.MULTILINE), kind
     assert f"left out {sum(expected.values())} tensors that the original saves but never uses" in printed
     assert printed.rstrip().endswith(f"score it with: python -m clmlf.evaluate {tmp_path / 'rule'}")
-    saved = torch.load(tmp_path / "rule" / CHECKPOINT_FILE)
+    saved = torch.load(tmp_path / "rule" / CHECKPOINT_FILE, weights_only=True)
     assert saved["config"]["model.heads"] == 0 and len(saved["ignored_keys"]) == sum(expected.values())
 
     # --set model.heads wins over the rule, in the printed summary, the saved config and the model it builds.
     assert convert_main([*arguments, "--out", str(tmp_path / "set"), "--set", "model.heads=2"]) == 0
     assert "attention heads 2 (model.heads)" in capsys.readouterr().out
-    saved = torch.load(tmp_path / "set" / CHECKPOINT_FILE)
+    saved = torch.load(tmp_path / "set" / CHECKPOINT_FILE, weights_only=True)
     assert saved["config"]["model.heads"] == 2
     rebuilt = CLMLF(TrainConfig.from_flat_dict(saved["config"]).model, classes=3)
     rebuilt.load_state_dict(saved["model"], strict=True)

@@ -172,7 +172,7 @@ def test_layer_sweep_places_gpu_trials_on_gpu_nodes_and_passes_its_points_to_the
         processes.add(rows[-1]["trial/process"])
         # What the trainer itself ran with, as saved in its checkpoint.
         checkpoint = max(trial_dir.glob("checkpoint_*"))
-        trained = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)["config"]
+        trained = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)["config"]
         assert (trained["model.fusion_layers"], trained["model.image_layers"], trained["seed"]) == (
             params["model.fusion_layers"],
             params["model.image_layers"],

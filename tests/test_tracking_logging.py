@@ -223,7 +223,7 @@ def test_the_parent_run_holds_the_study_outputs_and_the_best_model_loads(smoke_s
         )
     )
     assert "python -m clmlf.evaluate" in (model / "README.md").read_text()
-    state = torch.load(model / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(model / "state.pt", map_location="cpu", weights_only=True)
     _, rows = trial_files(folder)[best]
     assert state["epoch"] == rows[-1]["selected/epoch"]
     assert state["config"] == {

@@ -193,12 +193,12 @@ def test_resume_continues_at_the_next_epoch_with_the_same_numbers(two_epochs, tm
 def test_checkpoints_leave_out_untrained_encoders_and_resume_checks_they_rebuild_the_same(two_epochs, tmp_path):
     output = tmp_path / "run"
     record_training(build_config("demo", "tiny", {**FAST, "finetune_epochs": 0}), output)
-    frozen_epoch = torch.load(output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    frozen_epoch = torch.load(output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     assert set(frozen_epoch["untrained_encoders"]) == {"text_encoder", "image_backbone"}
     assert not [key for key in frozen_epoch["model"] if key.startswith(("text_encoder.", "image_backbone."))]
     assert any(key.startswith("fusion_transformer.") for key in frozen_epoch["model"])
     # After the fine-tuning epoch the text encoder has been trained and is saved; the image encoder never is.
-    last = torch.load(two_epochs.output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    last = torch.load(two_epochs.output / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     assert set(last["untrained_encoders"]) == {"image_backbone"}
     assert any(key.startswith("text_encoder.") for key in last["model"])
     # Another seed initialises the random tiny text encoder differently (an image encoder without weights is the

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  --tracking-uri URI  {TRACKING_URI_HELP}\n")
     arguments = parse_arguments(rest)
     # The trainer and MLflow are imported once the arguments are parsed.
+    from clmlf.safe_files import UnreadableFile
     from clmlf.train import CHECKPOINT_FILE, CheckpointMismatch, config_from_arguments, train
     from tracking.mlflow_logging import check_tracking_uri, experiment_name
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(config, report, output_dir=output, resume_from=resume_from, progress=True)
-    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch) as error:
+    except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch, UnreadableFile) as error:
         recorder.close(config.to_flat_dict(), error=str(error), status="FAILED")
         print(f"error: {error}", file=sys.stderr)
         return 2

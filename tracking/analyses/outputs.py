@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.figure import Figure
 
 from clmlf.analysis import SplitAnalysis, analyse_split, disagreements, projection
 from clmlf.config import TrainConfig, ablation_row
 from clmlf.evaluate import checkpoint_file, load_checkpoint
 from clmlf.memory import release_memory
+from clmlf.safe_files import load_tensors, replaced_atomically, write_bytes_atomically, write_text_atomically
 from clmlf.train import train
 from tracking.analyses.figures import attention_figure, case_study_figure, clusters_figure
 from tracking.report.markup import PAGE_STYLE, embedded_png, escape, html_table, note, png_bytes
@@ -76,7 +76,7 @@ def text_only_counterpart(
 
 def stored_config(folder: Path) -> dict[str, Any]:
     """The flat config a checkpoint holds (its run's or a study trial's)."""
-    return torch.load(checkpoint_file(folder), map_location="cpu", weights_only=True)["config"]
+    return load_tensors(checkpoint_file(folder))["config"]
 
 
 def analyse(
@@ -218,14 +218,15 @@ def write(analyses: Analyses, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, figure in analyses.figures.items():
-        (folder / f"{name}.png").write_bytes(analyses.png(name))
-        figure.savefig(folder / f"{name}.svg", format="svg", dpi=100, bbox_inches="tight")
+        write_bytes_atomically(folder / f"{name}.png", analyses.png(name))
+        with replaced_atomically(folder / f"{name}.svg") as temporary:
+            figure.savefig(temporary, format="svg", dpi=100, bbox_inches="tight")
         written += [folder / f"{name}.png", folder / f"{name}.svg"]
-    (folder / "analysis.json").write_text(json.dumps(summary(analyses), indent=2) + "\n")
+    write_text_atomically(folder / "analysis.json", json.dumps(summary(analyses), indent=2) + "\n")
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>CLMLF analyses</title>\n'
         f"<style>{PAGE_STYLE}</style>\n</head>\n<body>\n<h1>CLMLF analyses</h1>\n"
         f"{fragment(analyses)}\n</body>\n</html>\n"
     )
-    (folder / "analysis.html").write_text(page)
+    write_text_atomically(folder / "analysis.html", page)
     return [*written, folder / "analysis.json", folder / "analysis.html"]
