@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from clmlf.safe_files import write_text_atomically
+
 MVSA_NAMES = ("MVSA-single", "MVSA-multiple")
 MVSA_LABELS = {"positive": 0, "neutral": 1, "negative": 2}
 MVSA_LABEL_NAMES = {label: word for word, label in MVSA_LABELS.items()}
@@ -266,8 +268,7 @@ def _place_image(source: Path, destination: Path, link: bool) -> None:
 
 
 def _write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomically(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def _split_records(posts: list[_Post]) -> list[dict[str, object]]:
@@ -391,7 +392,7 @@ def convert_mvsa(
         out / f"{name}_translation.json",
         report,
     )
-    (out / "conversion.json").write_text(report.to_json() + "\n", encoding="utf-8")
+    write_text_atomically(out / "conversion.json", report.to_json() + "\n")
     return report
 
 
@@ -493,7 +494,7 @@ def convert_hfm(
         out / f"{HFM_NAME}.json",
         report,
     )
-    (out / "conversion.json").write_text(report.to_json() + "\n", encoding="utf-8")
+    write_text_atomically(out / "conversion.json", report.to_json() + "\n")
     return report
 
 

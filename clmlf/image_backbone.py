@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from clmlf.encoders import EncoderUnavailable
-from clmlf.safe_files import UnreadableFile, load_tensors
+from clmlf.safe_files import UnreadableFile, load_tensors, unpickling_refusal
 
 # IMAGENET1K_V1 are the weights of `pretrained=True`, which the original code used.
 IMAGENET_WEIGHTS = {
@@ -68,9 +68,8 @@ def _imagenet_state_dict(name: str) -> dict:
     except pickle.UnpicklingError as error:
         cached = Path(torch.hub.get_dir(), "checkpoints", weights.url.rsplit("/", 1)[-1])
         raise EncoderUnavailable(
-            f"model.image_weights: {cached}: refused: it holds objects beyond tensors and plain containers, which "
-            f"only an unrestricted pickle load builds, and such a load can run any code ({error}). Delete it; "
-            "torchvision downloads the weights again."
+            f"model.image_weights: {unpickling_refusal(cached, error)}; delete it, and torchvision downloads the "
+            "weights again"
         ) from error
     except (OSError, RuntimeError) as error:
         raise EncoderUnavailable(

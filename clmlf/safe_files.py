@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# torch's message when weights_only refuses a type: the file asks for more than tensors and plain containers.
+# How torch's message begins when a weights_only load fails, whether the file asks for an object or is no pickle.
 WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
@@ -42,20 +42,37 @@ def load_tensors(path: str | Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError as error:
         raise UnreadableFile(f"{path}: no such file") from error
     except pickle.UnpicklingError as error:
-        if WEIGHTS_ONLY_REFUSAL in str(error):
-            # torch's message goes on for a screen about allow-lists; its second line names what was asked for.
-            asked = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), "")
-            raise UnreadableFile(
-                f"{path}: refused: it holds objects beyond tensors, dicts, lists, strings and numbers, which only an "
-                f"unrestricted pickle load builds, and such a load can run any code ({asked[:300]}). Load only files "
-                "from sources you trust, saved with plain containers (e.g. torch.save(model.state_dict(), ...))."
-            ) from error
-        raise UnreadableFile(f"{path}: not a PyTorch file ({error})") from error
+        raise unpickling_refusal(path, error) from error
     except Exception as error:  # torch raises several types for a truncated or foreign file
         summary = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
         raise UnreadableFile(
             f"{path}: not a PyTorch file, or one cut short ({type(error).__name__}: {summary[:300]})"
         ) from error
+
+
+def unpickling_refusal(path: str | Path, error: Exception) -> UnreadableFile:
+    """The error for a file that a weights_only load stopped at: an object it would have had to build, or no pickle."""
+    reason = weights_only_reason(str(error))[:300]
+    if "global" in reason.lower():
+        return UnreadableFile(
+            f"{path}: refused: it holds objects beyond tensors, dicts, lists, strings and numbers, which only an "
+            f"unrestricted pickle load builds, and such a load can run any code ({reason}). Load only files from "
+            "sources you trust, saved with plain containers (e.g. torch.save(model.state_dict(), ...))."
+        )
+    return UnreadableFile(f"{path}: not a PyTorch file, or one cut short ({reason})")
+
+
+def weights_only_reason(message: str) -> str:
+    """The line of torch's refusal that says what was wrong (an unsupported global, an unknown opcode); torch wraps
+    it in a screen about its defaults and allow-lists."""
+    if WEIGHTS_ONLY_REFUSAL not in message:
+        return message.strip()
+    marker = "WeightsUnpickler error:"
+    # Past the first line (torch's paragraph on its defaults), or past its marker where torch gives one.
+    details = message.split(marker, 1)[1] if marker in message else message.split("\n", 1)[-1]
+    lines = [line.strip() for line in details.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("Check the documentation", "Please file"))]
+    return useful[0] if useful else "no details"
 
 
 @contextmanager

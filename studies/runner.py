@@ -97,13 +97,16 @@ class Study:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # Tune's own table ignores a progress reporter; the study's live view (studies/live_view.py) is one.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        start_ray(self.arguments.address)
+        claimed = not self.arguments.resume and self._claim()
         try:
+            start_ray(self.arguments.address)
             resources = trial_resources(self.arguments)
             self.trainable = tune.with_resources(tune.with_parameters(train_trial, base=self.base), resources)
             self._open_parent_run(tracking_uri)
         except BaseException:
             ray.shutdown()
+            if claimed and storage.read_text(storage.join(self.path, storage.PARENT_RUN_FILE)) is None:
+                storage.release_claim(self.path)
             raise
         assert self.parent is not None
         print(f"study {self.arguments.name}: Tune folder {self.path}; MLflow {self.parent.tracking_uri} "
@@ -137,6 +140,19 @@ class Study:
             check_dataset(self.base)
         check_tracking_uri(tracking_uri)
         return tracking_uri
+
+    def _claim(self) -> bool:
+        """A new study's folder becomes its own before anything is written there: of two studies started with one
+        --name, the second stops here (tracking/storage.py, claim_folder)."""
+        holder = storage.claim_folder(self.path)
+        if holder is not None:
+            claim = storage.join(self.path, storage.CLAIM_FILE)
+            raise StudyInputError(
+                f"--name {self.arguments.name}: {self.path} is taken by another study started with that name "
+                f"({storage.describe_claim(holder)}); pick another name, or add --resume once it runs (if it was "
+                f"stopped before it wrote anything, delete {claim})"
+            )
+        return True
 
     def _open_parent_run(self, tracking_uri: str) -> None:
         if self.parent is not None:

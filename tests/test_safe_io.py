@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ import torch
 from clmlf.config import build_config
 from clmlf.safe_files import UnreadableFile, check_plain, load_tensors, replaced_atomically, save_tensors
 from clmlf.train import CHECKPOINT_FILE, train
+from tracking import storage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 UNRESTRICTED_ON_PURPOSE = "unrestricted load, on purpose"
@@ -200,3 +205,41 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         raise RuntimeError("stopped")
     assert path.read_text() == "old\n"
     assert [entry.name for entry in tmp_path.iterdir()] == ["trials.csv"]
+
+
+def test_of_studies_claiming_one_folder_at_once_exactly_one_gets_it(tmp_path: Path) -> None:
+    folder = str(tmp_path / "tune" / "same-name")
+    contenders = 8
+    start = threading.Barrier(contenders)
+
+    def claim() -> dict | None:
+        start.wait()
+        return storage.claim_folder(folder)
+
+    with ThreadPoolExecutor(contenders) as pool:
+        holders = list(pool.map(lambda _: claim(), range(contenders)))
+    assert holders.count(None) == 1
+    losers = [holder for holder in holders if holder is not None]
+    assert all(holder["pid"] == os.getpid() for holder in losers)
+    assert "process" in storage.describe_claim(losers[0])
+    storage.release_claim(folder)
+    assert not Path(folder).exists()
+    assert storage.claim_folder(folder) is None
+
+
+def test_a_second_study_with_the_name_of_one_that_has_claimed_it_writes_nothing(tmp_path: Path) -> None:
+    # The first study has claimed its folder and not yet written anything (the moment of the race): the second,
+    # started with the same --name, must stop before it writes.
+    folder = tmp_path / "tune" / "same-name"
+    assert storage.claim_folder(str(folder)) is None
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    command = [
+        sys.executable, str(PROJECT_ROOT / "studies" / "layer_sweep.py"), "--smoke-test",
+        "--storage-path", str(tmp_path / "tune"), "--name", "same-name",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"--name same-name: {folder} is taken by another study started with that name" in second.stderr
+    assert f"process {os.getpid()}" in second.stderr
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

@@ -4,9 +4,12 @@ wherever the folder lives (a local or NFS path, or a URI such as s3://bucket/tun
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
+
+from clmlf.safe_files import write_text_atomically
 
 # The study's saved arguments (what --resume runs again).
 STUDY_FILE = "study.json"
@@ -17,6 +20,8 @@ PARENT_RUN_FILE = "mlflow_parent_run.json"
 BEST_CONFIG_FILE = "best_config.json"
 TRIALS_FILE = "trials.csv"
 REPORT_FOLDER = "report"
+# Created first, exclusively, by a new study: the folder is its own before it writes anything (claim_folder).
+CLAIM_FILE = "study.claim"
 
 
 def is_remote(location: str) -> bool:
@@ -33,6 +38,8 @@ def join(location: str, *parts: str) -> str:
 
 
 def write_text(location: str, text: str) -> None:
+    """The whole file or none of it: locally a temporary file renamed over it (clmlf/safe_files.py); an object
+    store's upload only appears when it completes."""
     if is_remote(location):
         import pyarrow.fs
 
@@ -41,8 +48,67 @@ def write_text(location: str, text: str) -> None:
         with filesystem.open_output_stream(path) as stream:
             stream.write(text.encode())
         return
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
-    Path(location).write_text(text)
+    write_text_atomically(location, text)
+
+
+def claim_folder(location: str) -> dict[str, Any] | None:
+    """Claim a new study's folder for this process; None where this call claimed it, else what the holder wrote.
+
+    Locally (and on NFS) the claim is one exclusive create (O_EXCL) of the folder's CLAIM_FILE: of two studies
+    started with one name, exactly one gets it, and the other stops before it writes anything. An object store
+    (s3://...) offers no exclusive create here: its claim is a check, then a write."""
+    import getpass
+    import os
+    import socket
+    import time
+
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser(), "claimed": time.time()}
+    claim = join(location, CLAIM_FILE)
+    if is_remote(location):
+        existing = read_text(claim)
+        if existing is not None:
+            return _claim_content(existing)
+        write_text(claim, json.dumps(holder))
+        return None
+    Path(location).mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return _claim_content(read_text(claim) or "")
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(holder))
+    return None
+
+
+def release_claim(location: str) -> None:
+    """Give back a claim of a study that stopped before it wrote anything: its claim file, and the folder if empty."""
+    if is_remote(location):
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(join(location, CLAIM_FILE))
+        filesystem.delete_file(path)
+        return
+    Path(location, CLAIM_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(location).rmdir()
+
+
+def describe_claim(holder: dict[str, Any]) -> str:
+    """Who holds a claim, for an error message."""
+    import time
+
+    claimed = holder.get("claimed")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claimed)) if isinstance(claimed, (int, float)) else "?"
+    return f"process {holder.get('pid', '?')} of {holder.get('user', '?')} on {holder.get('host', '?')}, at {when}"
+
+
+def _claim_content(text: str) -> dict[str, Any]:
+    # A claim being written at this very moment may still be empty.
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 def read_text(location: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 from clmlf.config import ConfigError
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
+from clmlf.safe_files import write_text_atomically
 from clmlf.train_command import parse_arguments
 from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, resolve_tracking_uri
 
@@ -113,7 +114,7 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     recorder = RunRecorder(client, run.info.run_id, dataset)
     recorder.log_params(flat_config)
     output.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"tracking_uri": tracking_uri, "run_id": run.info.run_id}, indent=2))
+    write_text_atomically(run_file, json.dumps({"tracking_uri": tracking_uri, "run_id": run.info.run_id}, indent=2))
     return recorder
 
 

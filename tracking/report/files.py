@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clmlf.safe_files import write_text_atomically
 from tracking.report.page import report_html
 from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows
 from tracking.results.ranking import RANKING_RULE, Ranking, summary_frame
@@ -38,9 +39,9 @@ def write_dataset_report(
         # Nothing completed: there is no configuration to export; the summary and the page say so.
         for stale in (folder / BEST_CONFIG, folder / PROVENANCE):
             stale.unlink(missing_ok=True)
-    summary_frame(ranking).to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(summary_markdown(ranking))
-    (folder / "report.html").write_text(report_html(ranking, analyses))
+    write_text_atomically(folder / "summary.csv", summary_frame(ranking).to_csv(index=False))
+    write_text_atomically(folder / "summary.md", summary_markdown(ranking))
+    write_text_atomically(folder / "report.html", report_html(ranking, analyses))
     return [*written, folder / "summary.csv", folder / "summary.md", folder / "report.html"]
 
 
@@ -69,8 +70,8 @@ def write_best_config(ranking: Ranking, folder: Path) -> list[Path]:
     }
     config_path = folder / BEST_CONFIG
     provenance_path = folder / PROVENANCE
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+    write_text_atomically(config_path, json.dumps(config, indent=2) + "\n")
+    write_text_atomically(provenance_path, json.dumps(provenance, indent=2) + "\n")
     return [config_path, provenance_path]
 
 
