@@ -17,6 +17,10 @@ PARENT_RUN_FILE = "mlflow_parent_run.json"
 BEST_CONFIG_FILE = "best_config.json"
 TRIALS_FILE = "trials.csv"
 REPORT_FOLDER = "report"
+# Every configuration's interval and comparison with the best, the top group and the study's conclusion.
+COMPARISON_FILE = "comparison.json"
+# The best model's analyses (tracking/analyses/), drawn when the study concludes or by `python -m tracking.analyse`.
+ANALYSIS_FOLDER = "analysis"
 
 
 def is_remote(location: str) -> bool:

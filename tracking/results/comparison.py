@@ -231,5 +231,29 @@ def conclusion(comparison: StudyComparison) -> str:
     return "; ".join(parts) + f" ({METHOD}, alpha {comparison.alpha:g})."
 
 
+def run_summary(comparison: StudyComparison) -> dict[str, float]:
+    """The numbers an MLflow parent run carries of its study's comparison: the best configuration's mean, standard
+    deviation, interval and seeds, the sizes of the top group and of the field."""
+    best = comparison.best
+    if best is None:
+        return {"summary/configurations": 0.0}
+    metric = comparison.metric.removeprefix("selected/").replace("/", "_")
+    interval = best.estimate
+    return {
+        f"summary/best_{metric}_mean": interval.mean,
+        f"summary/best_{metric}_std": interval.std,
+        f"summary/best_{metric}_ci_low": interval.low,
+        f"summary/best_{metric}_ci_high": interval.high,
+        "summary/best_seeds": float(interval.n),
+        "summary/top_group_size": float(len(comparison.top_group)),
+        "summary/configurations": float(len(comparison.standings)),
+    }
+
+
+def top_group_text(comparison: StudyComparison) -> str:
+    """`2 fusion layers (3f2a9c1e), 1 fusion layer (77b0d2aa)`: the top group with its configuration ids."""
+    return ", ".join(f"{standing.label} ({standing.configuration.config_id})" for standing in comparison.top_group)
+
+
 def json_number(value: float) -> float | None:
     return None if math.isnan(value) else value
