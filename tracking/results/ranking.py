@@ -247,7 +247,10 @@ def summary_frame(ranking: Ranking, keys: Sequence[str] | None = None) -> pd.Dat
         row["studies"] = ";".join(sorted({trial.study_name for trial in configuration.trials}))
         row["run_ids"] = ";".join(trial.label for trial in configuration.trials)
         rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    # A count, empty on the best's own row.
+    frame["vs_best_shared_seeds"] = frame["vs_best_shared_seeds"].astype("Int64")
+    return frame
 
 
 def mean_std_text(mean: float, std: float) -> str:
