@@ -143,6 +143,7 @@ def stored_search(
 
     optuna_storage = optuna_study.open_storage(stored.storage)
     study = optuna.create_study(storage=optuna_storage, study_name=stored.name, direction=DIRECTION)
+    optuna_study.name_objective(study, RANKING_METRIC)
     study.set_user_attr(optuna_study.BASE_CONFIG_ATTRIBUTE, base)
     study.set_user_attr(optuna_study.OBJECTIVE_ATTRIBUTE, RANKING_METRIC)
     study.set_user_attr(optuna_study.SEARCH_SPACE_ATTRIBUTE, described_space)

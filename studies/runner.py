@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from ray import tune
 
 from studies.cli import StudyInputError, check_dataset, saved_arguments, study_question
@@ -34,20 +35,24 @@ from studies.summary import print_summary
 from studies.trainable import SELECTED_CHECKPOINT, train_trial, trial_dirname
 from tracking import optuna_study, storage
 from tracking.mlflow_logging import (
+    CONCLUSION_TAG,
+    TOP_GROUP_TAG,
     StudyRun,
     check_tracking_uri,
     finish_study_run,
     log_best_model,
     log_study_outputs,
+    register_best_model,
     reopen_study_run,
     runs_page,
     start_study_run,
     tag_study_run,
 )
 from tracking.optuna_study import STORAGE_TAG, STUDY_TAG, StoredStudy
-from tracking.results.ranking import rank
+from tracking.results.comparison import estimate_text, run_summary, top_group_text
+from tracking.results.ranking import Ranking, best_config_document, rank
 from tracking.results.record import RANKING_METRIC, TrialRecord, describe_values, trials_frame
-from tracking.results.tune_folder import read_study_folder
+from tracking.results.tune_folder import read_study_folder, selected_checkpoint
 from tracking.study_callback import MlflowStudyCallback
 from tracking.uri import hide_password, resolve_tracking_uri
 
@@ -208,17 +213,24 @@ class Study:
         return tune.Tuner.restore(self.path, self.trainable, resume_errored=self.arguments.resume_errored)
 
     def conclude(self, table_keys: list[str], show_trials: bool = False) -> int:
-        """Print the table (rows labelled by `table_keys`, and by trial with `show_trials`), the failures and the best
-        config; export the outputs to the study folder and the parent run, with the best trial's model; close the
-        parent run. Returns the script's exit status."""
+        """Print the table (rows labelled by `table_keys`, and by trial with `show_trials`) with each configuration's
+        interval and comparison with the best, the top group, the failures and the best config; export the outputs
+        to the study folder and the parent run; draw the best model's analyses (the one step here that runs a model)
+        and the report that shows them; log and register the best trial's model; close the parent run. Returns the
+        script's exit status."""
         assert self.parent is not None
         self.records = read_study_folder(self.path)
         ranking = rank(self.dataset, self.records)
         print_summary(self.kind, self.dataset, self.base, ranking, table_keys, show_trials)
+        comparison = ranking.comparison
         best = ranking.best.best_trial() if ranking.best else None
-        outputs = {storage.TRIALS_FILE: trials_frame(self.records).to_csv(index=False)}
-        if best is not None:
-            outputs[storage.BEST_CONFIG_FILE] = json.dumps(best.config, indent=2, default=str)
+        outputs = {
+            storage.TRIALS_FILE: trials_frame(self.records).to_csv(index=False),
+            storage.COMPARISON_FILE: json.dumps(comparison.to_json(), indent=2) + "\n",
+        }
+        best_config = best_config_document(ranking)
+        if best_config is not None:
+            outputs[storage.BEST_CONFIG_FILE] = json.dumps(best_config, indent=2, default=str) + "\n"
         for name, text in outputs.items():
             storage.write_text(storage.join(self.path, name), text)
         unfinished = [record for record in self.records if record.status not in FINISHED_STATUSES]
@@ -226,21 +238,33 @@ class Study:
         if stored is not None and not unfinished:
             check_stored_study(stored, len(self.records))
         analysis = tune.ExperimentAnalysis(self.path)
-        selected = selected_checkpoint(analysis, best)
-        report = export_report(self.path, self.parent, selected)
+        selected = selected_checkpoint(analysis, best.trial_id) if best is not None else None
+        outputs_folder = local_outputs_folder(self.path, self.parent.study_name)
+        analysis_folder = outputs_folder / storage.ANALYSIS_FOLDER
+        analysis_files = guarded("the best model's analyses were not drawn", draw_analyses, selected, analysis_folder)
+        report = export_report(outputs_folder / storage.REPORT_FOLDER, self.parent, analysis_folder)
         folders = {storage.REPORT_FOLDER: report} if report else {}
-        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders)
+        files = {storage.ANALYSIS_FOLDER: analysis_files} if analysis_files else {}
+        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders,
+                files)  # fmt: skip
         model = self.log_model(selected, best) if selected is not None and best is not None else None
+        registered = self.register_model(model, ranking) if model else None
         if not self.arguments.keep_checkpoints:
             drop_finished_checkpoints(analysis, keep=selected)
         status = "KILLED" if unfinished else "FINISHED"
-        finish_study_run(self.parent, best.trial_id if best else None, best.metrics if best else {}, status=status)
+        summary_tags = {CONCLUSION_TAG: comparison.sentence(), TOP_GROUP_TAG: top_group_text(comparison),
+                        MLFLOW_RUN_NOTE: comparison.sentence()}  # fmt: skip
+        finish_study_run(self.parent, best.trial_id if best else None, best.metrics if best else {}, status=status,
+                         summary_metrics=run_summary(comparison), summary_tags=summary_tags)  # fmt: skip
         best_file = storage.join(self.path, storage.BEST_CONFIG_FILE) if best else "(no best config)"
         print(f"\nexported: {best_file}, {storage.join(self.path, storage.TRIALS_FILE)}")
         print(f"MLflow: {self.parent.tracking_uri}, experiment clmlf/{self.kind}/{self.dataset}, "
               f"parent run {self.parent.parent_run_id} ({self.parent.study_name})")  # fmt: skip
         if model:
             print(f"  the best trial's model: {model} (model/README.md says how to load it)")
+        if registered:
+            print(f"  registered as models:/{registered[0]}/{registered[1]}; score it with: "
+                  f"python -m clmlf.evaluate models:/{registered[0]}/{registered[1]}")  # fmt: skip
         if self.parent.tracking_uri.startswith("sqlite:"):
             print(f"  open the UI: mlflow ui --backend-store-uri {self.parent.tracking_uri}")
         print(f"  its training runs: {runs_page(self.parent.tracking_uri, self.parent.experiment_id)}")
@@ -254,6 +278,26 @@ class Study:
             return 130
         return 0 if best is not None else 1
 
+    def register_model(self, model_uri: str, ranking: Ranking) -> tuple[str, str] | None:
+        """The best trial's logged model as a version of the registered model of this study kind and data set; the
+        version's description carries the conclusion, the top group and the best configuration's interval."""
+        assert self.parent is not None and ranking.best is not None
+        comparison = ranking.comparison
+        best = ranking.best.best_trial()
+        standing = comparison.best
+        assert standing is not None
+        description = (
+            f"{comparison.sentence()}\n\nTop group (not separated from the best): {top_group_text(comparison)}.\n\n"
+            f"This model: trial {best.trial_id} (seed {best.seed}, dev score {best.metrics[RANKING_METRIC]:.4f}), "
+            f"the best seed of {standing.label}, whose mean dev score over seeds is "
+            f"{estimate_text(standing.estimate, 4)} (mean [95% confidence interval]). Study "
+            f"{self.parent.study_name}, parent run {self.parent.parent_run_id}."
+        )
+        tags = {"clmlf.trial_id": best.trial_id, "clmlf.config_id": ranking.best.config_id,
+                "clmlf.dataset": self.dataset, "clmlf.top_group": top_group_text(comparison)}  # fmt: skip
+        return guarded("the best model was not registered", register_best_model, self.parent, model_uri, description,
+                       tags)  # fmt: skip
+
     def log_model(self, checkpoint: tune.Checkpoint, best: TrialRecord) -> str | None:
         """The best trial's checkpoint of its selected epoch as the model of its child run; returns its URI."""
         assert self.parent is not None
@@ -265,12 +309,6 @@ class Study:
                 )
 
         return guarded("the best trial's model was not logged", log)
-
-
-def selected_checkpoint(analysis: tune.ExperimentAnalysis, best: TrialRecord | None) -> tune.Checkpoint | None:
-    """The best trial's checkpoint of the epoch selected on dev (Tune keeps it by SELECTED_CHECKPOINT)."""
-    trial = next((trial for trial in analysis.trials if best is not None and trial.trial_id == best.trial_id), None)
-    return analysis.get_best_checkpoint(trial, SELECTED_CHECKPOINT, "max") if trial is not None else None
 
 
 def drop_finished_checkpoints(analysis: tune.ExperimentAnalysis, keep: tune.Checkpoint | None) -> None:
@@ -381,21 +419,30 @@ Download and score it on dev and test (the data set must be where its config, or
 """
 
 
-def export_report(experiment_path: str, study_run: StudyRun, best: tune.Checkpoint | None) -> Path | None:
-    """The study report (tracking/report/) with the analyses of the `best` checkpoint in the study folder, or under
-    ./reports for remote storage; returns its folder, or None where it could not be written. The analyses' text-only
-    counterpart is trained beside the report, not in it: the report folder goes to MLflow, a checkpoint need not."""
+def local_outputs_folder(experiment_path: str, study_name: str) -> Path:
+    """Where a study's report and analyses are written: its own folder, or ./reports/<study> for remote storage."""
+    return Path(experiment_path) if not storage.is_remote(experiment_path) else Path("reports", study_name)
+
+
+def draw_analyses(checkpoint: tune.Checkpoint | None, folder: Path) -> list[Path]:
+    """The best model's analyses (tracking/analyses/) into `folder`, against a text-only counterpart trained once into
+    `folder/text-only`: the report reads the files, it never runs a model."""
+    if checkpoint is None:
+        return []
+    from tracking.analyses.study import analyse_best_model
+
+    with checkpoint.as_directory() as local:
+        return analyse_best_model(Path(local), folder)
+
+
+def export_report(output: Path, study_run: StudyRun, analysis_folder: Path) -> Path | None:
+    """The study report (tracking/report/) in `output`, showing the analyses in `analysis_folder` where they were
+    drawn; returns its folder, or None where it could not be written."""
     from tracking.report import write_study_report
 
-    local = not storage.is_remote(experiment_path)
-    output = Path(experiment_path, storage.REPORT_FOLDER) if local else Path("reports", study_run.study_name)
     try:
-        with best.as_directory() if best is not None else contextlib.nullcontext() as checkpoint:
-            write_study_report(
-                output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id],
-                best_checkpoint=Path(checkpoint) if checkpoint else None,
-                text_only_dir=output.parent / f"{output.name}-text-only",
-            )  # fmt: skip
+        write_study_report(output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id],
+                           analysis_dirs=[analysis_folder])  # fmt: skip
     except Exception as error:  # the study's results are exported already; a report problem must not hide them
         print(f"warning: the study report was not written: {type(error).__name__}: {error}", file=sys.stderr)
         return None

@@ -16,15 +16,11 @@ from typing import Any
 
 from clmlf.config import TrainConfig
 from studies.cli import StudyInputError
-from tracking.results.record import RANKING_MODE
+from tracking.results.record import RANKING_MODE, SELECTED_CHECKPOINT
 
 # Reported by every trial: the time axis of the phase-aware scheduler. Tune's `training_iteration` counts
 # report() calls, which only happens to equal epochs.
 EPOCHS_COMPLETED = "epochs_completed"
-# 1 when the epoch's checkpoint holds the model of the epoch selected on dev so far, else 0. Tune keeps each trial's
-# checkpoint with the highest value (ties: the later one, i.e. the latest selection) besides its latest one, so a
-# finished trial still has the model that its selected metrics describe.
-SELECTED_CHECKPOINT = "trial/selected_checkpoint"
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any]) -> None:

@@ -59,6 +59,8 @@ def test_the_stored_study_holds_one_trial_per_tune_trial(smoke_search: FinishedS
     assert stored == ran
     assert study.user_attrs["clmlf.base_config"] == json.loads((folder / "base_config.json").read_text())
     assert study.user_attrs["clmlf.objective"] == "selected/dev/score"
+    # The objective is named, so optuna-dashboard labels its values "selected/dev/score", not "Objective 0".
+    assert study.metric_names == ["selected/dev/score"]
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
@@ -90,6 +92,8 @@ def test_optuna_dashboard_opens_the_stored_study(smoke_search: FinishedStudy, fr
     assert {trial["state"] for trial in detail["trials"]} == {"Complete"}
     shown = sorted(trial["values"][0] for trial in detail["trials"])
     assert shown == pytest.approx(sorted(last["selected/dev/score"] for _, last in trials.values()))
+    # The dashboard names the objective by the study's metric.
+    assert detail["objective_names"] == ["selected/dev/score"]
 
 
 @pytest.mark.slow

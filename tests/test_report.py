@@ -4,7 +4,10 @@ the page is checked in a real headless Chromium. Reports of a real study's Tune 
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
+import io
 import json
 import math
 import os
@@ -12,22 +15,28 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
 
 from clmlf.config import build_config, load_config_file
 from tracking.report import write_study_report
 from tracking.report.cli import main
+from tracking.report.figures import BAND_LABEL, layer_curves_figure
 from tracking.results.ranking import rank_configurations
 from tracking.results.record import CONFIG_KEYS, ResultsError, TrialRecord
 
 CHROMIUM = Path("/usr/bin/chromium")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OOM_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (trial fusion_layers=4)"
 
 
@@ -217,7 +226,7 @@ def test_every_file_is_written_per_data_set(report: dict[str, Path]) -> None:
 
 
 def test_best_config_is_the_best_dev_mean_not_the_best_test_nor_best_single_run(report: dict[str, Path]) -> None:
-    best = json.loads((report["demo"] / "best_config.json").read_text())
+    best = json.loads((report["demo"] / "best_config.json").read_text())["config"]
     # Fusion 2 with seed 1: its dev mean (0.71) is the best; fusion 1 wins on test and on the single best dev run.
     assert best == build_config("demo", "tiny", {"model.fusion_layers": 2, "seed": 1}).to_flat_dict()
     assert list(best) == list(CONFIG_KEYS)
@@ -234,7 +243,7 @@ def test_best_config_is_the_best_dev_mean_not_the_best_test_nor_best_single_run(
 def test_best_config_loads_back_into_the_trainer_unchanged(report: dict[str, Path]) -> None:
     for folder in report.values():
         path = folder / "best_config.json"
-        exported = json.loads(path.read_text())
+        exported = json.loads(path.read_text())["config"]
         assert load_config_file(path).to_flat_dict() == exported
         assert type(exported["seed"]) is int
         assert type(exported["learning_rate"]) is float
@@ -284,7 +293,7 @@ def test_failed_trial_is_listed_with_its_error_and_left_out_of_the_means(report:
 
 def test_single_trial_data_set_compares_with_the_paper(report: dict[str, Path]) -> None:
     folder = report["mvsa-single"]
-    assert json.loads((folder / "best_config.json").read_text())["dataset"] == "mvsa-single"
+    assert json.loads((folder / "best_config.json").read_text())["config"]["dataset"] == "mvsa-single"
     page = (folder / "report.html").read_text()
     # Table 1's CLMLF on MVSA-Single and our differences (0.74 - 0.7533, 0.73 - 0.7346).
     assert "0.7533" in page and "0.7346" in page
@@ -437,3 +446,146 @@ def test_a_store_without_trials_is_an_error_not_an_empty_report(tmp_path: Path) 
     with pytest.raises(ResultsError, match="no trials found"):
         write_study_report(tmp_path / "out", tracking_uri=uri)
     assert not (tmp_path / "out").exists()
+
+
+def test_each_configuration_has_its_interval_and_its_paired_comparison_with_the_best(report: dict[str, Path]) -> None:
+    rows = {row["config_id"]: row for row in _csv_rows(report["demo"] / "summary.csv")}
+    ranked = [row for row in _csv_rows(report["demo"] / "summary.csv")]
+    best, fusion_one = ranked[0], ranked[1]
+    assert best["model.fusion_layers"] == "2" and fusion_one["model.fusion_layers"] == "1"
+    low, high = stats.t.interval(0.95, 2, loc=0.71, scale=statistics.stdev([0.70, 0.72, 0.71]) / math.sqrt(3))
+    assert (float(best["dev_score_ci_low"]), float(best["dev_score_ci_high"])) == pytest.approx((low, high))
+    assert (best["vs_best"], best["top_group"], best["vs_best_p_holm"]) == ("best", "True", "")
+    # Fusion 1 against fusion 2 on their three shared seeds: best minus it is 0.10, 0.10, -0.05 seed by seed. It is
+    # the only configuration with two or more shared seeds, so Holm's family has one member and leaves p as it is.
+    p_value = stats.ttest_rel([0.70, 0.72, 0.71], [0.60, 0.62, 0.76]).pvalue
+    assert int(fusion_one["vs_best_shared_seeds"]) == 3
+    assert float(fusion_one["vs_best_difference"]) == pytest.approx(0.05)
+    low, high = stats.t.interval(0.95, 2, loc=0.05, scale=statistics.stdev([0.10, 0.10, -0.05]) / math.sqrt(3))
+    assert (float(fusion_one["vs_best_ci_low"]), float(fusion_one["vs_best_ci_high"])) == pytest.approx((low, high))
+    assert float(fusion_one["vs_best_p"]) == pytest.approx(p_value)
+    assert float(fusion_one["vs_best_p_holm"]) == pytest.approx(p_value)
+    assert (fusion_one["vs_best"], fusion_one["top_group"]) == ("not separated", "True")
+    # A configuration on one seed shares at most one with the best: no test, no interval, never dropped.
+    single = next(row for row in rows.values() if row["model.fusion_layers"] == "3")
+    assert (single["vs_best"], single["top_group"], single["dev_score_ci_low"]) == (
+        "fewer than 2 shared seeds", "True", "")  # fmt: skip
+    summary_md = (report["demo"] / "summary.md").read_text()
+    page = (report["demo"] / "report.html").read_text()
+    for column in ("dev score 95% CI", "best − this [95% CI]", "Holm p", "vs best"):
+        assert column in summary_md and html.escape(column) in page
+    assert f"{p_value:.3f}" in summary_md
+
+
+def test_best_config_names_the_top_group_and_says_how_sure_the_study_is(report: dict[str, Path]) -> None:
+    document = json.loads((report["demo"] / "best_config.json").read_text())
+    best = document["best"]
+    assert (best["n"], best["seeds"], best["best_seed"]) == (3, [0, 1, 2], 1)
+    assert best["mean"] == pytest.approx(0.71)
+    assert best["ci_low"] < 0.70 and best["ci_high"] > 0.72
+    # Nothing is separated from the best: every configuration is in the top group, the best first.
+    rows = _csv_rows(report["demo"] / "summary.csv")
+    assert [entry["config_id"] for entry in document["top_group"]] == [row["config_id"] for row in rows]
+    conclusion = document["conclusion"]
+    assert conclusion.startswith(f"{best['label']} has the best mean dev score (0.710 [")
+    assert "3 seeds)" in conclusion and "is not separated from it" in conclusion
+    assert "cannot be compared with it (fewer than two shared seeds)" in conclusion
+    # The same sentence wherever the result is shown.
+    assert json.loads((report["demo"] / "best_config.provenance.json").read_text())["conclusion"] == conclusion
+    assert json.loads((report["demo"] / "comparison.json").read_text())["conclusion"] == conclusion
+    assert conclusion in (report["demo"] / "summary.md").read_text()
+    assert html.escape(conclusion) in (report["demo"] / "report.html").read_text()
+    # A single configuration has nothing to be compared with.
+    single = json.loads((report["mvsa-single"] / "best_config.json").read_text())
+    assert "is the only configuration" in single["conclusion"] and len(single["top_group"]) == 1
+
+
+def test_the_figure_3_bands_are_the_confidence_intervals_and_the_legend_says_so() -> None:
+    trials = []
+    for layers, scores in {1: [0.60, 0.62, 0.76], 2: [0.70, 0.72, 0.71], 3: [0.68]}.items():
+        for seed, score in enumerate(scores):
+            config = build_config("demo", "tiny", {"seed": seed, "model.fusion_layers": layers}).to_flat_dict()
+            metrics = {
+                f"selected/{split}/{name}": score for split in ("dev", "test") for name in ("acc", "f1_weighted")
+            }
+            trials.append(TrialRecord(f"{layers}{seed}", "demo", "TERMINATED", config, metrics))
+    figure = layer_curves_figure("demo", trials, "model.fusion_layers")
+    assert figure is not None and layer_curves_figure("demo", trials, "model.image_layers") is None
+    axis = figure.axes[0]
+    assert BAND_LABEL in [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "95% confidence interval" in BAND_LABEL
+    band = next(collection for collection in axis.collections if len(collection.get_paths()))
+    vertices = np.concatenate([path.vertices for path in band.get_paths()])
+    for layers, scores in {1: [0.60, 0.62, 0.76], 2: [0.70, 0.72, 0.71]}.items():
+        low, high = stats.t.interval(
+            0.95, len(scores) - 1, loc=statistics.fmean(scores), scale=statistics.stdev(scores) / math.sqrt(3)
+        )
+        at = vertices[np.isclose(vertices[:, 0], layers), 1]
+        assert at.min() == pytest.approx(low) and at.max() == pytest.approx(high)
+    # The single-seed point has no interval, so the band stops before it.
+    assert not np.isclose(vertices[:, 0], 3).any()
+
+
+REPORT_MODULES = ("tracking.report", "tracking.report.cli", "tracking.report.files", "tracking.report.page",
+                  "tracking.report.figures", "tracking.report.paper", "tracking.report.analyses",
+                  "tracking.results.ranking", "tracking.results.comparison", "tracking.results.mlflow_runs",
+                  "tracking.results.tune_folder")  # fmt: skip
+
+
+def test_building_a_report_imports_neither_the_trainer_nor_torch_nor_the_studies(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    # In a fresh interpreter: import every module of the report and the results layer, build a report (lazy imports
+    # included), and list what was imported.
+    experiments = [study.experiment for study in store["studies"].values()]
+    program = (
+        "import json, sys\n"
+        f"import {', '.join(REPORT_MODULES)}\n"
+        "from tracking.report import write_study_report\n"
+        f"write_study_report({str(tmp_path / 'out')!r}, tracking_uri={store['uri']!r},\n"
+        f"                   experiment_names={experiments!r})\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environment,
+                               cwd=tmp_path, timeout=300, check=False)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    imported = set(json.loads(completed.stdout.strip().splitlines()[-1]))
+    assert (tmp_path / "out" / "demo" / "report.html").is_file()
+    assert "tracking.report.files" in imported and "tracking.results.comparison" in imported
+    # Ray is read (Tune's folders, through ray.tune.ExperimentAnalysis); nothing that trains or runs a model is.
+    assert not {"clmlf.train", "clmlf.model", "clmlf.evaluate", "clmlf.analysis", "torch"} & imported
+    assert not [name for name in imported if name == "studies" or name.startswith(("studies.", "tracking.analyses"))]
+
+
+def test_a_report_without_analysis_files_renders_and_names_the_command(report: dict[str, Path]) -> None:
+    page = (report["demo"] / "report.html").read_text()
+    section = page[page.index("The best model&#x27;s analyses") :]
+    section = section[: section.index("<h2>")] if "<h2>" in section else section
+    assert "Not drawn" in section
+    assert html.escape("python -m tracking.analyse <study folder>") in section
+    assert "case-study" not in page
+
+
+def test_the_report_shows_analyses_read_from_their_files(store: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "study" / "analysis"
+    folder.mkdir(parents=True)
+    images = {}
+    for index, name in enumerate(("case_study", "attention", "clusters")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (index * 80, 10, 10)).save(buffer, format="PNG")
+        images[name] = buffer.getvalue()
+        (folder / f"{name}.png").write_bytes(images[name])
+    case = {"id": "post-17", "text": "a sunny day", "gold": "positive", "full": "positive", "text-only": "neutral"}
+    analysis = {"dataset": "mvsa-single", "split": "test", "posts": 450, "accuracy": {"full": 0.75, "text-only": 0.7},
+                "models": {"full": "trial_f1a2b_00000/checkpoint_000001", "text-only": "analysis/text-only"},
+                "case_study": [case]}  # fmt: skip
+    (folder / "analysis.json").write_text(json.dumps(analysis))
+    output = tmp_path / "out"
+    assert main(["--tracking-uri", store["uri"], "--experiment", "clmlf/confirm/mvsa-single", "--analysis",
+                 str(folder), "--output", str(output)]) == 0  # fmt: skip
+    page = (output / "mvsa-single" / "report.html").read_text()
+    assert 'id="case-study"' in page and "post-17" in page and "a sunny day" in page
+    for png in images.values():
+        assert base64.b64encode(png).decode("ascii") in page
+    assert "1 of 450 test posts" in page and "Not drawn" not in page

@@ -5,6 +5,7 @@ files Tune wrote (params.json, result.json) and from the study's own files, read
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -34,6 +35,11 @@ def tracking_uri(smoke_sweep: Path) -> str:
 
 def parent_run_id(smoke_sweep: Path) -> str:
     return json.loads((study_folder(smoke_sweep) / "mlflow_parent_run.json").read_text())["parent_run_id"]
+
+
+def best_trial_id(folder: Path) -> str:
+    """The study's best trial, from the provenance its report wrote."""
+    return json.loads((folder / "report" / "demo" / "best_config.provenance.json").read_text())["best_trial_id"]
 
 
 def raw_trials(folder: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -117,12 +123,12 @@ def test_configurations_are_ranked_by_their_dev_mean_over_seeds(smoke_sweep, fro
 def test_the_study_exported_the_best_seed_of_the_best_configuration(smoke_sweep):
     folder = study_folder(smoke_sweep)
     scores = dev_scores_by_layers(folder)
-    best = json.loads((folder / "best_config.json").read_text())
+    best = json.loads((folder / "best_config.json").read_text())["config"]
     by_seed = scores[(best["model.fusion_layers"], best["model.image_layers"])]
     assert statistics.fmean(by_seed.values()) == max(statistics.fmean(seeds.values()) for seeds in scores.values())
     assert by_seed[best["seed"]] == max(by_seed.values())
     # The report the study wrote into its folder ranks with the same rule and exports the same config.
-    assert json.loads((folder / "report" / "demo" / "best_config.json").read_text()) == best
+    assert json.loads((folder / "report" / "demo" / "best_config.json").read_text())["config"] == best
     with (folder / "trials.csv").open() as handle:
         assert sorted(row["trial_id"] for row in csv.DictReader(handle)) == sorted(raw_trials(folder))
 
@@ -168,7 +174,7 @@ def test_a_folder_without_a_study_is_refused_with_its_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_report_shows_the_analyses_of_the_kept_best_model_and_logs_them(smoke_sweep):
+def test_the_study_draws_its_best_models_analyses_and_the_report_reads_them(smoke_sweep, tmp_path):
     from mlflow.tracking import MlflowClient
 
     folder = study_folder(smoke_sweep)
@@ -177,14 +183,65 @@ def test_the_report_shows_the_analyses_of_the_kept_best_model_and_logs_them(smok
     for heading in ("Case study", "Attention maps", "Cluster plots"):
         assert heading in page
     assert 'id="case-study"' in page
-    written = json.loads((report / "analysis" / "analysis.json").read_text())
+    # Drawn when the study concluded, into the study folder; the report holds no analysis files of its own.
+    analysis = folder / "analysis"
+    written = json.loads((analysis / "analysis.json").read_text())
+    assert written["dataset"] == "demo"
     assert len(written["clusters"]["full"]) == len(written["clusters"]["text-only"]) == written["posts"]
+    assert not (report / "analysis").exists()
     # The model analysed is the checkpoint the study kept of its best trial.
     best_trial = json.loads((report / "best_config.provenance.json").read_text())["best_trial_id"]
     assert best_trial in written["models"]["full"]
-    # The text-only counterpart's checkpoint lies beside the report, which goes to MLflow, not in it.
-    assert (folder / "report-text-only" / "checkpoint" / "state.pt").is_file()
-    assert not (report / "analysis" / "text-only").exists()
+    assert (analysis / "text-only" / "checkpoint" / "state.pt").is_file()
+    # On the parent run: the analysis files, without the counterpart's checkpoint.
     client = MlflowClient(tracking_uri(smoke_sweep))
-    logged = {item.path for item in client.list_artifacts(parent_run_id(smoke_sweep), "report/demo/analysis")}
-    assert {f"report/demo/analysis/{name}" for name in ("analysis.json", "clusters.png", "attention.svg")} <= logged
+    logged = {item.path for item in client.list_artifacts(parent_run_id(smoke_sweep), "analysis")}
+    assert {f"analysis/{name}" for name in ("analysis.json", "clusters.png", "attention.svg")} <= logged
+    assert "analysis/text-only" not in logged
+    # A report built later from the study folder reads the same files, and draws nothing.
+    rebuilt = write_study_report(tmp_path / "rebuilt", tune_dirs=[folder])["demo"]
+    assert (
+        base64.b64encode((analysis / "clusters.png").read_bytes()).decode("ascii")
+        in (rebuilt / "report.html").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_the_study_exports_its_comparison_and_the_parent_run_carries_it(smoke_sweep):
+    from mlflow.tracking import MlflowClient
+
+    folder = study_folder(smoke_sweep)
+    comparison = json.loads((folder / "comparison.json").read_text())
+    best_config = json.loads((folder / "best_config.json").read_text())
+    scores = dev_scores_by_layers(folder)
+    assert len(comparison["configurations"]) == len(scores) == 3
+    assert best_config["conclusion"] == comparison["conclusion"]
+    assert [entry["label"] for entry in best_config["top_group"]] == comparison["top_group"]
+    assert comparison["configurations"][0]["n"] == 2
+    parent = MlflowClient(tracking_uri(smoke_sweep)).get_run(parent_run_id(smoke_sweep))
+    assert parent.data.tags["clmlf.conclusion"] == comparison["conclusion"]
+    assert parent.data.tags["mlflow.note.content"] == comparison["conclusion"]
+    best = comparison["configurations"][0]
+    assert parent.data.metrics["summary/best_dev_score_mean"] == pytest.approx(best["mean"])
+    assert parent.data.metrics["summary/best_dev_score_ci_low"] == pytest.approx(best["ci_low"])
+    assert parent.data.metrics["summary/top_group_size"] == len(comparison["top_group"])
+
+
+@pytest.mark.slow
+def test_a_study_folder_is_analysed_by_the_command_reusing_its_counterpart(smoke_sweep, tmp_path, capsys):
+    from tracking.analyse import main as analyse
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(study_folder(smoke_sweep), copy)
+    (copy / "analysis" / "analysis.json").unlink()
+    counterpart = copy / "analysis" / "text-only" / "checkpoint" / "state.pt"
+    stamp = counterpart.stat().st_mtime_ns
+    capsys.readouterr()
+    assert analyse([str(copy)]) == 0
+    printed = capsys.readouterr().out
+    assert f"the best trial {best_trial_id(copy)} of study {copy}" in printed
+    assert "reusing the text-only counterpart" in printed
+    assert counterpart.stat().st_mtime_ns == stamp
+    # The checkpoint analysed is the best trial's in the copy, the one the study kept.
+    written = json.loads((copy / "analysis" / "analysis.json").read_text())
+    assert str(copy / f"trial_{best_trial_id(copy)}") in written["models"]["full"]

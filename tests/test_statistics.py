@@ -1,13 +1,18 @@
 """The statistics behind every summary: t intervals, paired comparisons with the best, Holm's correction and the top
-group, checked against values worked out by hand and against scipy."""
+group, checked against values worked out by hand and against scipy; and the sentence that says how sure a study is."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 from scipy import stats
 
+from clmlf.config import build_config
+from tracking.results.comparison import listing, p_text
+from tracking.results.ranking import rank
+from tracking.results.record import TrialRecord
 from tracking.results.statistics import compare_with_best, estimate, holm, paired_comparison, top_group
 
 
@@ -54,3 +59,53 @@ def test_the_top_group_keeps_what_the_family_cannot_separate_from_the_best():
     # A configuration that scored higher on the shared seeds is never separated below the best.
     higher = {seed: value + 0.1 for seed, value in best.items()}
     assert not compare_with_best([best, higher])[1].separated
+
+
+def _sweep(scores: dict[int, list[float]]) -> list[TrialRecord]:
+    """Completed layer-sweep trials: fusion layers -> dev score by seed."""
+    trials = []
+    for layers, by_seed in scores.items():
+        for seed, score in enumerate(by_seed):
+            config = build_config("demo", "tiny", {"seed": seed, "model.fusion_layers": layers}).to_flat_dict()
+            trials.append(TrialRecord(f"{layers}_{seed}", "demo", "TERMINATED", config, {"selected/dev/score": score}))
+    return trials
+
+
+def test_the_conclusion_names_the_best_its_interval_the_top_group_and_what_is_worse():
+    best = [0.80, 0.82, 0.81, 0.83]
+    close = [0.79, 0.825, 0.80, 0.82]
+    far = [0.75, 0.78, 0.76, 0.77]
+    comparison = rank("demo", _sweep({1: close, 2: best, 3: far})).comparison
+    p_close = stats.ttest_rel(best, close).pvalue
+    p_far = stats.ttest_rel(best, far).pvalue
+    adjusted_far = holm([p_close, p_far])[1]
+    low, high = stats.t.interval(0.95, 3, loc=0.815, scale=statistics.stdev(best) / 2)
+    assert [standing.label for standing in comparison.top_group] == ["2 fusion layers", "1 fusion layer"]
+    assert [standing.verdict for standing in comparison.standings] == ["best", "not separated", "separated"]
+    assert comparison.sentence() == (
+        f"2 fusion layers has the best mean dev score (0.815 [{low:.3f}, {high:.3f}], 4 seeds); 1 fusion layer is not "
+        f"separated from it; 3 fusion layers (p = {adjusted_far:.3f}) is worse (paired t-test on the seeds both ran, "
+        "Holm-adjusted over the comparisons with the best, alpha 0.05)."
+    )
+    document = comparison.to_json()
+    assert document["top_group"] == ["2 fusion layers", "1 fusion layer"]
+    assert document["configurations"][2]["vs_best"]["p_holm"] == pytest.approx(adjusted_far)
+
+
+def test_with_one_seed_per_configuration_no_comparison_is_possible():
+    comparison = rank("demo", _sweep({1: [0.70], 2: [0.90], 3: [0.50]})).comparison
+    # Nothing can be separated from the best, so every configuration stays in the top group.
+    assert len(comparison.top_group) == 3 and not comparison.compared
+    assert comparison.sentence() == (
+        "2 fusion layers has the best mean dev score (0.900, 1 seed); with one seed per configuration no comparison "
+        "is possible, and the order of the configurations may be seed noise (more seeds, --seeds, make it testable)."
+    )
+    assert rank("demo", []).comparison.sentence() == "No configuration completed, so there is nothing to compare."
+    only = rank("demo", _sweep({2: [0.8, 0.9]})).comparison.sentence()
+    assert only.startswith("configuration ") and "is the only configuration" in only
+
+
+def test_long_lists_in_the_conclusion_are_cut_and_p_values_are_written_plainly():
+    assert listing(["a"]) == "a" and listing(["a", "b", "c"]) == "a, b and c"
+    assert listing([str(index) for index in range(9)]) == "0, 1, 2, 3, 4 and 4 others"
+    assert (p_text(0.0004), p_text(0.0312), p_text(math.nan)) == ("p < 0.001", "p = 0.031", "no test possible")

@@ -441,7 +441,7 @@ def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_
         steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(SMOKE_EPOCHS))
     assert client.get_run(parent_run_id(experiment)).info.status == "FINISHED"
-    assert TrainConfig.from_flat_dict(json.loads((experiment / storage.BEST_CONFIG_FILE).read_text()))
+    assert TrainConfig.from_flat_dict(json.loads((experiment / storage.BEST_CONFIG_FILE).read_text())["config"])
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import torch
 from conftest import SMOKE_SEARCH_NAME
 from mlflow.tracking import MlflowClient
 
+from clmlf import evaluate
 from clmlf.config import TrainConfig, build_config
 from studies import cli, layer_sweep, search
 from tracking import storage, train_run
-from tracking.mlflow_logging import runs_page, trainer_metrics
+from tracking.mlflow_logging import registered_model_name, runs_page, trainer_metrics
 from tracking.results.mlflow_runs import child_runs
 from tracking.results.record import describe_values, error_summary, latest_failure
 from tracking.run_artifacts import classification_report
@@ -237,6 +239,49 @@ def test_the_parent_run_holds_the_study_outputs_and_the_best_model_loads(smoke_s
     assert dev["dev/score"] == pytest.approx(best_run.data.metrics["selected/dev/score"], abs=1e-6)
     # Only that checkpoint is left in the study folder (finished trials' others are deleted).
     assert [path.parent.name for path in folder.glob("trial_*/checkpoint_*")] == [f"trial_{best}"]
+
+
+@pytest.mark.slow
+def test_the_best_model_is_registered_and_clmlf_evaluate_scores_it_from_the_registry(
+    smoke_search, mlflow_server, capsys
+):
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    folder = smoke_search.folder
+    parent = client.get_run(json.loads((folder / storage.PARENT_RUN_FILE).read_text())["parent_run_id"])
+    # One registered model per study kind and data set; this study's version is its best trial's logged model.
+    name = registered_model_name("search", "demo")
+    assert name == "clmlf-search-demo" and registered_model_name("layer_sweep", "mvsa-single") == (
+        "clmlf-layer-sweep-mvsa_single")  # fmt: skip
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    assert parent.data.tags["clmlf.registered_model"] == f"models:/{name}/{version.version}"
+    best = parent.data.tags["clmlf.best_trial_id"]
+    runs = child_runs(mlflow_server, parent.info.run_id)
+    (best_run,) = [run for run in runs if run.data.tags["clmlf.trial_id"] == best]
+    assert version.run_id == best_run.info.run_id
+    assert (version.tags["clmlf.trial_id"], version.tags["clmlf.study_name"]) == (best, SMOKE_SEARCH_NAME)
+    # Its description says how sure the study is: the conclusion, the top group, the best configuration's interval.
+    comparison = json.loads((folder / storage.COMPARISON_FILE).read_text())
+    assert comparison["conclusion"] in version.description
+    assert "Top group (not separated from the best)" in version.description
+    assert "[95% confidence interval]" in version.description
+    assert f"models:/{name}/{version.version}" in smoke_search.log
+    # Scored from the registry and from the run, it gives what the trial reported for its selected epoch.
+    for uri in (f"models:/{name}/{version.version}", parent.data.tags["clmlf.best_model"]):
+        capsys.readouterr()
+        assert evaluate.main([uri, "--tracking-uri", mlflow_server]) == 0
+        dev = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dev: "))[5:])
+        assert dev["dev/score"] == pytest.approx(best_run.data.metrics["selected/dev/score"], abs=1e-4)
+    assert evaluate.main([f"models:/{name}/99", "--tracking-uri", mlflow_server]) == 2
+    assert f"models:/{name}/99 at {mlflow_server}" in capsys.readouterr().err
+
+
+def test_scoring_a_checkpoint_folder_imports_no_mlflow():
+    program = "import sys, clmlf.evaluate; print('mlflow' in sys.modules)"
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environment,
+                               timeout=300, check=False)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "False"
 
 
 @pytest.mark.slow

@@ -1,13 +1,16 @@
-"""`python -m tracking.analyse RUN_DIR`: the paper's analyses of one finished training run (a folder written by
-`python -m clmlf.train --output RUN_DIR` or `python -m tracking.train_run`), written to RUN_DIR/analysis/.
+"""`python -m tracking.analyse FOLDER`: the paper's analyses of one finished training run (a folder written by
+`python -m clmlf.train --output FOLDER` or `python -m tracking.train_run`) or of a finished study's best model (its
+folder, `<storage>/<name>`: the checkpoint it kept of its best trial's selected epoch), written to FOLDER/analysis/.
 
     python -m tracking.analyse runs/demo
     python -m tracking.analyse runs/demo --text-only runs/demo-text --layer 0 --head 2 --tokens happy,dog
+    python -m tracking.analyse runs/tune/layer_sweep-demo-20261128-081114
 
-The case study (Figure 4) and the cluster plots (Figure 6) compare the run's model with its text-only counterpart:
---text-only names a finished text-only run; without it, the counterpart of the run's config is trained once into
-RUN_DIR/analysis/text-only and reused next time. Where the run was logged to MLflow (its mlflow_run.json), the
-files go onto that run as artifacts under analysis/.
+The case study (Figure 4) and the cluster plots (Figure 6) compare the model with its text-only counterpart:
+--text-only names a finished text-only run; without it, the counterpart of the model's config is trained once into
+FOLDER/analysis/text-only and reused next time. Where the run or the study was logged to MLflow (mlflow_run.json,
+mlflow_parent_run.json), the files go onto that run as artifacts under analysis/. A study's report shows them
+(`python -m tracking.report --tune-dir FOLDER`); the report itself never trains.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from clmlf.config import ConfigError, parse_overrides
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
 from clmlf.train import CheckpointMismatch
+from tracking.storage import ANALYSIS_FOLDER, PARENT_RUN_FILE
 
-ANALYSIS_FOLDER = "analysis"
 ANALYSIS_ARTIFACTS = "analysis"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tracking.analyse", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a finished run's folder (result.json, checkpoint/)")
+    parser.add_argument(
+        "run_dir", type=Path, help="a finished run's folder (result.json, checkpoint/) or a finished study's folder"
+    )
     parser.add_argument("--text-only", type=Path, help="a finished text-only run's folder to compare with")
     parser.add_argument("--split", default="test", choices=("dev", "test"), help="the posts analysed (test)")
     parser.add_argument("--layer", type=int, default=-1, help="fusion layer of the attention maps, from 0 (-1: last)")
@@ -41,9 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
 
     from tracking.analyses.outputs import AnalysisSettings, analyse, text_only_counterpart, write
+    from tracking.analyses.study import best_trial_checkpoint, is_study_folder
 
     output = arguments.run_dir / ANALYSIS_FOLDER
+    study = is_study_folder(arguments.run_dir)
     try:
+        checkpoint = arguments.run_dir
+        if study:
+            trial_id, checkpoint = best_trial_checkpoint(arguments.run_dir)
+            print(f"analysis: the best trial {trial_id} of study {arguments.run_dir}, checkpoint {checkpoint}")
         overrides = parse_overrides(arguments.set)
         if arguments.data_root:
             overrides["data_root"] = arguments.data_root
@@ -55,34 +66,37 @@ def main(argv: list[str] | None = None) -> int:
             attention_posts=arguments.posts,
             overrides=overrides,
         )
-        text_only = arguments.text_only or text_only_counterpart(arguments.run_dir, output / "text-only", overrides)
-        written = write(analyse(arguments.run_dir, text_only, settings), output)
+        text_only = arguments.text_only or text_only_counterpart(checkpoint, output / "text-only", overrides)
+        written = write(analyse(checkpoint, text_only, settings), output)
     except (ConfigError, DataError, EncoderUnavailable, CheckpointMismatch, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"analyses of {arguments.run_dir}: {output / 'analysis.html'}")
     for path in written:
         print(f"  {path}")
-    log_to_mlflow_run(arguments.run_dir, output)
+    if study:
+        print(f"the study's report shows them: python -m tracking.report --tune-dir {arguments.run_dir} --output ...")
+    log_to_mlflow_run(arguments.run_dir, output, study)
     return 0
 
 
-def log_to_mlflow_run(run_dir: Path, output: Path) -> None:
-    """The analysis files as artifacts of the MLflow run the training logged to, where it did (mlflow_run.json);
-    the text-only counterpart's checkpoint stays out."""
+def log_to_mlflow_run(run_dir: Path, output: Path, study: bool = False) -> None:
+    """The analysis files as artifacts of the MLflow run the training logged to (mlflow_run.json), or of a study's
+    parent run (mlflow_parent_run.json), where there is one; the text-only counterpart's checkpoint stays out."""
     from tracking.train_run import RUN_FILE
 
-    run_file = run_dir / RUN_FILE
+    run_file = run_dir / (PARENT_RUN_FILE if study else RUN_FILE)
     if not run_file.is_file():
         return
     from mlflow.tracking import MlflowClient
 
     saved = json.loads(run_file.read_text())
+    run_id = saved["parent_run_id" if study else "run_id"]
     client = MlflowClient(saved["tracking_uri"])
     for path in sorted(output.iterdir()):
         if path.is_file():
-            client.log_artifact(saved["run_id"], str(path), ANALYSIS_ARTIFACTS)
-    print(f"  logged to MLflow run {saved['run_id']} ({saved['tracking_uri']}) under {ANALYSIS_ARTIFACTS}/")
+            client.log_artifact(run_id, str(path), ANALYSIS_ARTIFACTS)
+    print(f"  logged to MLflow run {run_id} ({saved['tracking_uri']}) under {ANALYSIS_ARTIFACTS}/")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,13 +340,22 @@ def trial_run_id(study_run: StudyRun, trial_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_study_outputs(study_run: StudyRun, texts: dict[str, str], folders: dict[str, Path]) -> None:
-    """The study's outputs as artifacts of its parent run: files given by their text, and whole folders."""
+def log_study_outputs(
+    study_run: StudyRun,
+    texts: dict[str, str],
+    folders: dict[str, Path],
+    files: dict[str, Sequence[Path]] | None = None,
+) -> None:
+    """The study's outputs as artifacts of its parent run: files given by their text, whole folders, and files
+    under an artifact folder (the analyses without their text-only counterpart's checkpoint)."""
     client = MlflowClient(study_run.tracking_uri)
     for artifact_file, text in texts.items():
         client.log_text(study_run.parent_run_id, text, artifact_file)
     for artifact_path, folder in folders.items():
         client.log_artifacts(study_run.parent_run_id, str(folder), artifact_path)
+    for artifact_path, paths in (files or {}).items():
+        for path in paths:
+            client.log_artifact(study_run.parent_run_id, str(path), artifact_path)
 
 
 def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, readme: Callable[[str], str]) -> str | None:
@@ -364,19 +373,69 @@ def log_best_model(study_run: StudyRun, trial_id: str, checkpoint: Path, readme:
     return uri
 
 
+def registered_model_name(study: str, dataset: str) -> str:
+    """One registered model per study kind and data set, e.g. `clmlf-layer-sweep-mvsa_single`: the kind's words
+    joined by dashes, the data set's by underscores, so that the name splits back into the two."""
+    return f"clmlf-{study.replace('_', '-')}-{dataset.replace('-', '_')}"
+
+
+def register_best_model(
+    study_run: StudyRun, model_uri: str, description: str, tags: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """The best trial's logged model (`runs:/<run>/model`) as a new version of the study kind's registered model on
+    this data set, described by `description` (the conclusion, the top group, the interval); a study concluded again
+    (resumed) updates its version instead of adding one. Returns (name, version); `models:/<name>/<version>` loads it.
+    """
+    client = MlflowClient(study_run.tracking_uri, registry_uri=study_run.tracking_uri)
+    name = registered_model_name(study_run.study, study_run.dataset)
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(
+            name,
+            description=f"The best model of each `studies/{study_run.study}.py` study on {study_run.dataset}, one "
+            "version per study: the best seed of the configuration with the best mean dev score. Each version's "
+            "description says how sure its study is.",
+        )
+    run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = existing[0].version
+        client.update_model_version(name, version, description=description)
+    else:
+        version = client.create_model_version(name, model_uri, run_id=run_id, description=description).version
+    for key, value in {**(tags or {}), "clmlf.study_name": study_run.study_name}.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_tag(study_run.parent_run_id, "clmlf.registered_model", f"models:/{name}/{version}")
+    return name, str(version)
+
+
+# Parent-run tags of the comparison: the sentence that says how sure the study is, and the top group.
+CONCLUSION_TAG = "clmlf.conclusion"
+TOP_GROUP_TAG = "clmlf.top_group"
+# MLflow keeps tag values up to this length.
+TAG_VALUE_CHARACTERS = 8000
+
+
 def finish_study_run(
-    study_run: StudyRun, best_trial_id: str | None, best_metrics: dict[str, float], status: str = "FINISHED"
+    study_run: StudyRun,
+    best_trial_id: str | None,
+    best_metrics: dict[str, float],
+    status: str = "FINISHED",
+    summary_metrics: dict[str, float] | None = None,
+    summary_tags: dict[str, str] | None = None,
 ) -> None:
-    """Record the best trial (ranked on dev) on the parent run and close it."""
+    """Record the best trial (ranked on dev) on the parent run, with the study's summary numbers (the best
+    configuration's mean and interval, the top group's size) and tags (its conclusion), and close it."""
     client = MlflowClient(study_run.tracking_uri)
     if best_trial_id is not None:
         client.set_tag(study_run.parent_run_id, "clmlf.best_trial_id", best_trial_id)
     timestamp = int(time.time() * 1000)
+    numbers = {**{f"best/{key}": value for key, value in best_metrics.items()}, **(summary_metrics or {})}
     metrics = [
-        Metric(f"best/{key}", float(value), timestamp, 0)
-        for key, value in best_metrics.items()
+        Metric(key, float(value), timestamp, 0)
+        for key, value in numbers.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
     ]
-    if metrics:
-        client.log_batch(study_run.parent_run_id, metrics=metrics)
+    tags = [RunTag(key, value[:TAG_VALUE_CHARACTERS]) for key, value in (summary_tags or {}).items()]
+    if metrics or tags:
+        client.log_batch(study_run.parent_run_id, metrics=metrics, tags=tags)
     client.set_terminated(study_run.parent_run_id, status=status)

@@ -102,6 +102,19 @@ def load(stored: StoredStudy):
     return optuna.load_study(study_name=stored.name, storage=open_storage(stored.storage))
 
 
+def name_objective(study, metric: str) -> None:
+    """The objective's name in the stored study, so that optuna-dashboard and Optuna's plots label its values with the
+    metric ("selected/dev/score") instead of "Objective 0". Optuna marks set_metric_names experimental; the name is
+    only a label, so its warning is not shown."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
+
+
 def run_trials(study) -> list:
     """The trials the search itself ran (one per Tune trial), without those a warm start seeded."""
     return [trial for trial in study.trials if WARM_START_ATTRIBUTE not in trial.user_attrs]

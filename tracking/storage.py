@@ -22,6 +22,10 @@ TRIALS_FILE = "trials.csv"
 REPORT_FOLDER = "report"
 # Created first, exclusively, by a new study: the folder is its own before it writes anything (claim_folder).
 CLAIM_FILE = "study.claim"
+# Every configuration's interval and comparison with the best, the top group and the study's conclusion.
+COMPARISON_FILE = "comparison.json"
+# The best model's analyses (tracking/analyses/), drawn when the study concludes or by `python -m tracking.analyse`.
+ANALYSIS_FOLDER = "analysis"
 
 
 def is_remote(location: str) -> bool:

@@ -18,10 +18,10 @@ from clmlf.memory import release_memory
 from clmlf.safe_files import load_tensors, replaced_atomically, write_bytes_atomically, write_text_atomically
 from clmlf.train import train
 from tracking.analyses.figures import attention_figure, case_study_figure, clusters_figure
-from tracking.report.markup import PAGE_STYLE, embedded_png, escape, html_table, note, png_bytes
+from tracking.report.analyses import FIGURES, analysis_fragment
+from tracking.report.markup import PAGE_STYLE, png_bytes
 
 TEXT_ONLY_FOLDER = "text-only"
-FIGURES = ("case_study", "attention", "clusters")
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "<s>", "</s>")
 
 
@@ -46,6 +46,8 @@ class Analyses:
     projections: dict[str, Any]
     figures: dict[str, Figure]
     sources: dict[str, str]
+    # The data set of the analysed model: a report shows the analyses on its data set's page.
+    dataset: str = ""
     # Each figure's PNG, drawn once: the files, analysis.html and the study report embed the same bytes (drawing
     # the case study's thumbnails is most of an analysis's time).
     pngs: dict[str, bytes] = field(default_factory=dict)
@@ -92,7 +94,7 @@ def analyse(
     if full_run.model.fusion_transformer is None:
         raise ValueError(f"{checkpoint}: a {full_run.config.model.variant!r} model fuses nothing; analyse a fusing one")
     full = analyse_split(full_run, full_state["epoch"], split, settings.layer, settings.head)
-    device = full_run.device
+    device, dataset = full_run.device, full_run.config.dataset
     del full_run
     release_memory(device)
     text_run, text_state = load_checkpoint(text_only, settings.overrides, log=lambda message: None)
@@ -113,7 +115,7 @@ def analyse(
         "text-only": f"{text_only} (epoch {text_state['epoch'] + 1})",
     }
     log(f"analysis: {len(cases)} of {len(full.ids)} {split} posts where full and text-only disagree")
-    return Analyses(full, text, cases, picks, projections, figures, sources)
+    return Analyses(full, text, cases, picks, projections, figures, sources, dataset)
 
 
 def token_picks(analysis: SplitAnalysis, cases: list[int], settings: AnalysisSettings) -> list[tuple[int, int]]:
@@ -146,6 +148,7 @@ def summary(analyses: Analyses) -> dict[str, Any]:
     full, text = analyses.full, analyses.text_only
     names = full.label_names
     return {
+        "dataset": analyses.dataset or None,
         "split": full.split,
         "models": analyses.sources,
         "posts": len(full.ids),
@@ -186,31 +189,8 @@ def summary(analyses: Analyses) -> dict[str, Any]:
 
 
 def fragment(analyses: Analyses, heading_level: int = 2) -> str:
-    """The three analyses as HTML with embedded figures: the case study with its table, the attention maps and
-    the cluster plots."""
-    data = summary(analyses)
-    h = f"h{heading_level}"
-    rows = [[case["id"], case["text"], case["gold"], case["full"], case["text-only"]] for case in data["case_study"]]
-    accuracy = data["accuracy"]
-    sources = "; ".join(f"{model}: {source}" for model, source in data["models"].items())
-    return "\n".join(
-        [
-            f"<{h}>Case study: where full and text-only disagree (the paper's Figure 4)</{h}>",
-            f"<p>{len(rows)} of {data['posts']} {escape(data['split'])} posts; accuracy on the split: full "
-            f"{accuracy['full']:.3f}, text-only {accuracy['text-only']:.3f}.</p>",
-            embedded_png(analyses.png("case_study"), "case study"),
-            html_table(["post", "text", "gold", "full", "text-only"], rows, table_id="case-study"),
-            f"<{h}>Attention maps (the paper's Figure 5)</{h}>",
-            embedded_png(analyses.png("attention"), "attention maps"),
-            note(
-                "Each map is one text token's attention row in the chosen fusion layer and head, restricted to the "
-                "image regions and renormalised over them; the title gives the share of the row they receive."
-            ),
-            f"<{h}>Cluster plots (the paper's Figure 6)</{h}>",
-            embedded_png(analyses.png("clusters"), "cluster plots"),
-            note(f"Models: {sources}."),
-        ]
-    )
+    """The three analyses as HTML with embedded figures (the report draws the same from the written files)."""
+    return analysis_fragment(summary(analyses), {name: analyses.png(name) for name in FIGURES}, heading_level)
 
 
 def write(analyses: Analyses, folder: Path) -> list[Path]:

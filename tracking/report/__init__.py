@@ -1,9 +1,13 @@
 """Study reports: read finished studies from MLflow and from their Tune folders (tracking/results/), rank the
-configurations by their mean dev score over seeds (never by test), and write per data set the best configuration
-(loadable by the trainer), a summary table and one self-contained HTML page with the layer curves, the loss-weight
-effects, Optuna's parameter importances, the best configurations next to the paper's rows, the ablation next to
-the paper's Table 3 and the confirmation runs next to its Table 1 (Table 6 for the aspect-based Twitter sets).
-`python -m tracking.report` is the command line (tracking/report/cli.py).
+configurations by their mean dev score over seeds (never by test), compare each with the best, and write per data set
+the best configuration (loadable by the trainer) with the top group, a summary table and one self-contained HTML page
+with the layer curves, the loss-weight effects, Optuna's parameter importances, the best configurations next to the
+paper's rows, the best model's analyses, the ablation next to the paper's Table 3 and the confirmation runs next to
+its Table 1 (Table 6 for the aspect-based Twitter sets). `python -m tracking.report` is the command line
+(tracking/report/cli.py).
+
+A report renders results; it never trains. What needs a model run (the best model's analyses) is drawn when a study
+concludes or by `python -m tracking.analyse`, into files that the report reads.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ def write_study_report(
     parent_run_ids: list[str] | None = None,
     experiment_names: list[str] | None = None,
     tune_dirs: list[Path] | None = None,
-    best_checkpoint: Path | None = None,
-    text_only_dir: Path | None = None,
+    analysis_dirs: list[Path] | None = None,
 ) -> dict[str, Path]:
     """Read the studies, write `<output_dir>/<dataset>/` for every data set among them; returns dataset -> folder.
 
@@ -27,10 +30,12 @@ def write_study_report(
     named parent runs' children and the named experiments' trial runs, or, when neither is named, every
     `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`).
 
-    best_checkpoint: the best trial's checkpoint folder of a one-data-set study; its analyses (tracking/analyses/)
-    go into the report, against a text-only counterpart trained once into `text_only_dir`.
+    analysis_dirs: folders of analyses already drawn (analysis.json and figures, tracking/analyses/); the
+    `analysis/` folder of each local study folder among `tune_dirs` is read too. Each data set's page shows those of
+    its models, or says which command draws them.
     """
     # Imported here so that the command line's --help needs neither MLflow, Ray nor matplotlib.
+    from tracking.report.analyses import read_analysis
     from tracking.report.files import write_dataset_report
     from tracking.results.mlflow_runs import read_mlflow_trials
     from tracking.results.ranking import rank, without_duplicates
@@ -50,13 +55,13 @@ def write_study_report(
         raise ResultsError("no trials found in the given studies (check the experiment names, run ids and folders)")
 
     datasets = sorted({trial.dataset for trial in trials})
-    if best_checkpoint is not None and len(datasets) > 1:
-        raise ResultsError(f"a best checkpoint belongs to one data set's study; these trials cover {datasets}")
+    searched = [*(analysis_dirs or []), *study_analysis_dirs(tune_dirs or [])]
+    found = [files for files in map(read_analysis, searched) if files is not None]
     folders: dict[str, Path] = {}
     for dataset in datasets:
         ranking = rank(dataset, [trial for trial in trials if trial.dataset == dataset])
         folder = Path(output_dir) / _safe_name(dataset)
-        written = write_dataset_report(ranking, folder, best_checkpoint, text_only_dir)
+        written = write_dataset_report(ranking, folder, found, searched, only_dataset=len(datasets) == 1)
         folders[dataset] = folder
         print(
             f"report {dataset}: {len(ranking.completed)} completed and {len(ranking.failed)} failed trial(s) in "
@@ -64,6 +69,21 @@ def write_study_report(
         )
         for path in written:
             print(f"  {path}")
+    return folders
+
+
+def study_analysis_dirs(tune_dirs: list[Path]) -> list[Path]:
+    """The `analysis/` folder of each local study folder among `tune_dirs` (or directly inside one of them)."""
+    from tracking import storage
+
+    folders = []
+    for tune_dir in tune_dirs:
+        if storage.is_remote(str(tune_dir)) or not Path(tune_dir).is_dir():
+            continue
+        studies = [Path(tune_dir), *sorted(path for path in Path(tune_dir).iterdir() if path.is_dir())]
+        folders += [
+            study / storage.ANALYSIS_FOLDER for study in studies if (study / storage.BASE_CONFIG_FILE).is_file()
+        ]
     return folders
 
 

@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tune-dir", action="append", default=[], type=Path, help="a study's Tune folder, or a folder that holds them"
     )
     parser.add_argument(
-        "--best-checkpoint", type=Path, help="the best trial's checkpoint folder: adds its analyses (Figures 4-6)"
+        "--analysis",
+        action="append",
+        default=[],
+        type=Path,
+        help="a folder of analyses already drawn (python -m tracking.analyse writes <folder>/analysis): shows them; "
+        "a --tune-dir study's own analysis/ is read without it",
     )
     parser.add_argument("--output", required=True, type=Path, help="folder for <dataset>/ report folders")
     args = parser.parse_args(argv)
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             parent_run_ids=args.parent_run_id or None,
             experiment_names=args.experiment or None,
             tune_dirs=args.tune_dir or None,
-            best_checkpoint=args.best_checkpoint,
+            analysis_dirs=args.analysis or None,
         )
     except ResultsError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,84 +5,101 @@ and the loss weights, and Optuna's parameter importances for the dev score (from
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any
 
 import optuna
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from tracking import optuna_study
 from tracking.optuna_study import StoredStudy
 from tracking.report.markup import escape, figure_image, html_table, note
 from tracking.results.ranking import Ranking, varying_keys
 from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of
+from tracking.results.statistics import CONFIDENCE, estimate
 
 LOSS_PARAMETERS = ("temperature", "lbcl_weight", "dbcl_weight")
 LAYER_PARAMETERS = {"model.fusion_layers": "fusion layers", "model.image_layers": "image layers"}
 
 
-def _mean_and_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+# What the Figure 3 bands are, in the legend.
+BAND_LABEL = f"band: {CONFIDENCE:.0%} confidence interval of the mean over seeds (Student t)"
 
 
 def layer_curves_html(ranking: Ranking) -> str:
     parts = ["<h2>Accuracy and F1 against the layer counts (the paper's Figure 3)</h2>"]
     # A layer sweep holds everything else fixed; other studies' trials would mix in unrelated settings.
     trials = ranking.of_kind("layer_sweep") or ranking.completed
-    f1 = f1_metric_of(ranking.dataset)
     drawn = False
     for key, name in LAYER_PARAMETERS.items():
-        values = sorted({trial.config[key] for trial in trials if trial.config})
-        if len(values) < 2:
+        figure = layer_curves_figure(ranking.dataset, trials, key)
+        if figure is None:
             parts.append(note(f"The {name} do not vary in these trials: no curve."))
             continue
-        other = next(k for k in LAYER_PARAMETERS if k != key)
-        figure = Figure(figsize=(11, 3.8))
-        axes = figure.subplots(1, 2)
-        for axis, (measure, label) in zip(axes, (("acc", "accuracy"), (f1, f1.replace("_", " "))), strict=True):
-            for other_value in sorted({trial.config[other] for trial in trials if trial.config}):
-                for split, style in (("test", "-"), ("dev", "--")):
-                    points = []
-                    for x in values:
-                        ys = [
-                            t.metrics[f"selected/{split}/{measure}"]
-                            for t in trials
-                            if t.config
-                            and t.config[key] == x
-                            and t.config[other] == other_value
-                            and f"selected/{split}/{measure}" in t.metrics
-                        ]
-                        if ys:
-                            points.append((x, *_mean_and_std(ys)))
-                    if not points:
-                        continue
-                    xs, means, stds = zip(*points, strict=True)
-                    line = axis.plot(
-                        xs, means, style, marker="o", label=f"{split}, {LAYER_PARAMETERS[other]} = {other_value}"
-                    )[0]
-                    axis.fill_between(
-                        xs,
-                        [m - s for m, s in zip(means, stds, strict=True)],
-                        [m + s for m, s in zip(means, stds, strict=True)],
-                        color=line.get_color(),
-                        alpha=0.15,
-                    )
-            axis.set_xlabel(name)
-            axis.set_ylabel(label)
-            axis.set_xticks(values)
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=7)
-        figure.suptitle(f"{ranking.dataset}: mean over seeds, band = ± std")
         parts.append(figure_image(figure, f"accuracy and F1 against {name}"))
         drawn = True
     if drawn:
         parts.append(
             note(
-                "Solid: test at the epoch selected on dev; dashed: dev. Trials of layer-sweep studies when there are "
-                "any, else all completed trials."
+                "Solid: test at the epoch selected on dev; dashed: dev. Points: the mean over seeds; bands: the "
+                f"{CONFIDENCE:.0%} confidence interval of that mean (Student t; none at a point run on a single seed). "
+                "Trials of layer-sweep studies when there are any, else all completed trials."
             )
         )
     return "\n".join(parts)
+
+
+def layer_curves_figure(dataset: str, trials: list[TrialRecord], key: str) -> Figure | None:
+    """Accuracy and F1 against the layer count `key`, one curve per split and value of the other layer count: the
+    mean over seeds with its confidence interval as a band (the legend says so); None where `key` does not vary."""
+    values = sorted({trial.config[key] for trial in trials if trial.config})
+    if len(values) < 2:
+        return None
+    f1 = f1_metric_of(dataset)
+    other = next(k for k in LAYER_PARAMETERS if k != key)
+    figure = Figure(figsize=(11, 3.8))
+    axes = figure.subplots(1, 2)
+    for axis, (measure, label) in zip(axes, (("acc", "accuracy"), (f1, f1.replace("_", " "))), strict=True):
+        for other_value in sorted({trial.config[other] for trial in trials if trial.config}):
+            for split, style in (("test", "-"), ("dev", "--")):
+                metric = f"selected/{split}/{measure}"
+                points = []
+                for x in values:
+                    ys = [
+                        t.metrics[metric]
+                        for t in trials
+                        if t.config and t.config[key] == x and t.config[other] == other_value and metric in t.metrics
+                    ]
+                    if ys:
+                        points.append((x, estimate(ys)))
+                if not points:
+                    continue
+                xs = [x for x, _ in points]
+                line = axis.plot(
+                    xs,
+                    [interval.mean for _, interval in points],
+                    style,
+                    marker="o",
+                    label=f"{split}, {LAYER_PARAMETERS[other]} = {other_value}",
+                )[0]
+                # A point on a single seed has no interval (NaN): the band leaves it out.
+                axis.fill_between(
+                    xs,
+                    [interval.low for _, interval in points],
+                    [interval.high for _, interval in points],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
+        axis.set_xlabel(LAYER_PARAMETERS[key])
+        axis.set_ylabel(label)
+        axis.set_xticks(values)
+        axis.grid(alpha=0.3)
+        handles, labels = axis.get_legend_handles_labels()
+        handles.append(Patch(color="grey", alpha=0.25))
+        labels.append(BAND_LABEL)
+        axis.legend(handles, labels, fontsize=7)
+    figure.suptitle(f"{dataset}: mean over seeds; band: {CONFIDENCE:.0%} confidence interval of the mean")
+    return figure
 
 
 def loss_effects_html(ranking: Ranking) -> str:

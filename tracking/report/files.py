@@ -1,62 +1,72 @@
-"""The files of one data set's report: best_config.json (loadable by the trainer) with its provenance, summary.csv,
-summary.md and report.html.
+"""The files of one data set's report: best_config.json (loadable by the trainer, with the top group and the
+sentence that says how sure the study is) with its provenance, comparison.json, summary.csv, summary.md and
+report.html.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from clmlf.safe_files import write_text_atomically
+from tracking.report.analyses import AnalysisFiles, analyses_for
 from tracking.report.page import report_html
 from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows
-from tracking.results.ranking import RANKING_RULE, Ranking, summary_frame
+from tracking.results.comparison import estimate_text
+from tracking.results.ranking import RANKING_RULE, RERUN, Ranking, best_config_document, summary_frame
 from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, TEST_METRICS
 
 BEST_CONFIG = "best_config.json"
 PROVENANCE = "best_config.provenance.json"
-ANALYSIS_FOLDER = "analysis"
+COMPARISON = "comparison.json"
 
 
 def write_dataset_report(
-    ranking: Ranking, folder: Path, best_checkpoint: Path | None = None, text_only_dir: Path | None = None
+    ranking: Ranking,
+    folder: Path,
+    analyses: Sequence[AnalysisFiles] = (),
+    searched: Sequence[Path] = (),
+    only_dataset: bool = True,
 ) -> list[Path]:
-    """The report files in `folder`; with `best_checkpoint` (the best trial's model), its analyses too, in
-    `folder/analysis/` and on the page, against a text-only counterpart trained once into `text_only_dir`."""
+    """The report files in `folder`. The page shows the analyses among `analyses` that belong to this data set's
+    models (read from files, never drawn here); without any, it names the folders `searched` and the command that
+    draws them."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    analyses = None
-    if best_checkpoint is not None and ranking.best is not None:
-        from tracking.analyses.report import best_model_analyses
-
-        analyses, files = best_model_analyses(best_checkpoint, folder / ANALYSIS_FOLDER, text_only_dir)
-        written += files
     if ranking.best is not None:
         written += write_best_config(ranking, folder)
     else:
         # Nothing completed: there is no configuration to export; the summary and the page say so.
         for stale in (folder / BEST_CONFIG, folder / PROVENANCE):
             stale.unlink(missing_ok=True)
+    write_text_atomically(folder / COMPARISON, json.dumps(ranking.comparison.to_json(), indent=2) + "\n")
     write_text_atomically(folder / "summary.csv", summary_frame(ranking).to_csv(index=False))
     write_text_atomically(folder / "summary.md", summary_markdown(ranking))
-    write_text_atomically(folder / "report.html", report_html(ranking, analyses))
-    return [*written, folder / "summary.csv", folder / "summary.md", folder / "report.html"]
+    shown = analyses_for(ranking.dataset, analyses, only_dataset)
+    write_text_atomically(folder / "report.html", report_html(ranking, shown, searched))
+    return [*written, folder / COMPARISON, folder / "summary.csv", folder / "summary.md", folder / "report.html"]
 
 
 def write_best_config(ranking: Ranking, folder: Path) -> list[Path]:
     best = ranking.best
-    assert best is not None
+    document = best_config_document(ranking)
+    assert best is not None and document is not None
     best_trial = best.best_trial()
     config = best_trial.config or {}
     assert list(config) == list(CONFIG_KEYS), "the exported config must hold exactly the trainer's flat keys"
+    interval = best.estimate(RANKING_METRIC)
     provenance = {
         "dataset": ranking.dataset,
         "config_id": best.config_id,
         "ranked_by": f"mean of {RANKING_METRIC} over seeds (dev split; the test split never ranks)",
         "dev_score_mean": best.mean(RANKING_METRIC),
         "dev_score_std": _json_number(best.std(RANKING_METRIC)),
+        "dev_score_ci": [_json_number(interval.low), _json_number(interval.high)],
+        "top_group": [standing.configuration.config_id for standing in ranking.comparison.top_group],
+        "conclusion": ranking.comparison.sentence(),
         "seeds": best.seeds,
         "n": best.n,
         "best_seed": best_trial.seed,
@@ -66,11 +76,11 @@ def write_best_config(ranking: Ranking, folder: Path) -> list[Path]:
         "trial_ids": [trial.trial_id for trial in best.trials],
         "studies": studies_of(best.trials),
         "test_at_selection_mean": {metric: _json_number(best.mean(metric)) for metric in TEST_METRICS},
-        "rerun": "python -m clmlf.train --config best_config.json --output <folder>",
+        "rerun": RERUN,
     }
     config_path = folder / BEST_CONFIG
     provenance_path = folder / PROVENANCE
-    write_text_atomically(config_path, json.dumps(config, indent=2) + "\n")
+    write_text_atomically(config_path, json.dumps(document, indent=2) + "\n")
     write_text_atomically(provenance_path, json.dumps(provenance, indent=2) + "\n")
     return [config_path, provenance_path]
 
@@ -88,9 +98,15 @@ def summary_markdown(ranking: Ranking) -> str:
     ]
     if ranking.best is not None:
         best = ranking.best
+        comparison = ranking.comparison
+        top = ", ".join(f"{standing.label} (`{standing.configuration.config_id}`)" for standing in comparison.top_group)
         lines += [
-            f"Best configuration: `{best.config_id}` (dev score {best.mean_std(RANKING_METRIC)}, n = {best.n}, "
-            f"seed {best.best_trial().seed} in best_config.json).",
+            f"**{comparison.sentence()}**",
+            "",
+            f"Best configuration: `{best.config_id}` (dev score {estimate_text(best.estimate(RANKING_METRIC), 4)}, "
+            f"mean ± std {best.mean_std(RANKING_METRIC)}; seed {best.best_trial().seed} in best_config.json).",
+            "",
+            f"Top group (not separated from the best): {top}.",
             "",
         ]
     else:

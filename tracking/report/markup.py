@@ -15,7 +15,7 @@ body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; } tr.best td { background: #eaf6ea; }
+th { background: #f0f0f0; } tr.best td { background: #d9efd9; } tr.top td { background: #f0f8f0; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.error { font-family: monospace; white-space: pre-wrap; max-width: 60em; font-size: 0.95em; }
 tr.varying td { font-weight: bold; } div.wide { overflow-x: auto; max-width: 100%; }
@@ -37,8 +37,10 @@ def html_table(
     error_column: int | None = None,
     highlight_first: bool = False,
     highlight_rows: Sequence[int] = (),
+    top_rows: Sequence[int] = (),
     folded_errors: dict[int, str] | None = None,
 ) -> str:
+    """A table; the first row marked best with `highlight_first`, `highlight_rows` in bold, `top_rows` shaded."""
     attributes = f' id="{table_id}"' if table_id else ""
     parts = [
         f"<table{attributes}>",
@@ -46,9 +48,12 @@ def html_table(
     ]
     parts.append("<tbody>")
     for index, row in enumerate(rows):
-        row_class = (
-            ' class="best"' if highlight_first and index == 0 else ' class="varying"' if index in highlight_rows else ""
-        )
+        if highlight_first and index == 0:
+            row_class = ' class="best"'
+        elif index in highlight_rows:
+            row_class = ' class="varying"'
+        else:
+            row_class = ' class="top"' if index in top_rows else ""
         cells = []
         for column, value in enumerate(row):
             cell_class = ' class="number"' if column in numeric else ' class="error"' if column == error_column else ""

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from tracking.report.analyses import AnalysisFiles, analysis_fragment, missing_analyses_note
 from tracking.report.figures import importances_html, layer_curves_html, loss_effects_html
 from tracking.report.markup import PAGE_STYLE, escape, html_table, note, section
 from tracking.report.paper import ablation_html, confirmation_html, studies_vs_paper_html
-from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows, text
+from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows, text, top_group_rows
+from tracking.results.comparison import METHOD, estimate_text
 from tracking.results.ranking import RANKING_RULE, Ranking
-from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, f1_metric_of
+from tracking.results.record import RANKING_METRIC, f1_metric_of
 
 
-def report_html(ranking: Ranking, analyses: str | None = None) -> str:
-    """The page; `analyses` is the HTML of the best model's analyses (tracking/analyses/report.py), if any."""
+def report_html(ranking: Ranking, analyses: Sequence[AnalysisFiles] = (), searched: Sequence[Path] = ()) -> str:
+    """The page; `analyses` are the best model's analyses read from their files (`searched`: where they were
+    looked for, named on the page when none were found)."""
     title = f"CLMLF study report: {ranking.dataset}"
     sections = [
         f"<h1>{escape(title)}</h1>",
@@ -22,7 +28,7 @@ def report_html(ranking: Ranking, analyses: str | None = None) -> str:
         loss_effects_html(ranking),
         importances_html(ranking),
         studies_vs_paper_html(ranking),
-        analyses_html(ranking, analyses),
+        analyses_html(ranking, analyses, searched),
         ablation_html(ranking),
         confirmation_html(ranking),
         failed_html(ranking),
@@ -58,12 +64,17 @@ def best_config_html(ranking: Ranking) -> str:
         )
     best_trial = best.best_trial()
     f1 = f1_metric_of(ranking.dataset)
+    comparison = ranking.comparison
+    top = ", ".join(f"{standing.label} ({standing.configuration.config_id})" for standing in comparison.top_group)
     parts = [
-        f"<p>Configuration <code>{best.config_id}</code>: dev score {escape(best.mean_std(RANKING_METRIC))} over "
-        f"{best.n} seed(s) {escape(best.seeds)}; best_config.json carries seed {best_trial.seed} "
-        f"(run {escape(best_trial.label)}). At the selected epochs, test accuracy "
-        f"{escape(best.mean_std('selected/test/acc'))} and test {f1} "
-        f"{escape(best.mean_std(f'selected/test/{f1}'))}.</p>"
+        f'<p id="conclusion"><strong>{escape(comparison.sentence())}</strong></p>',
+        f'<p id="top-group">Top group, the configurations not separated from the best: {escape(top)}.</p>',
+        f"<p>Configuration <code>{best.config_id}</code>: dev score "
+        f"{escape(estimate_text(best.estimate(RANKING_METRIC), 4))} (mean [95% confidence interval], seeds "
+        f"{escape(best.seeds)}; ± std {escape(best.mean_std(RANKING_METRIC))}); best_config.json carries seed "
+        f"{best_trial.seed} (run {escape(best_trial.label)}) and the top group. At the selected epochs, test "
+        f"accuracy {escape(estimate_text(best.estimate('selected/test/acc'), 4))} and test {f1} "
+        f"{escape(estimate_text(best.estimate(f'selected/test/{f1}'), 4))}.</p>",
     ]
     config = best_trial.config or {}
     rows = [[key, text(value)] for key, value in config.items()]
@@ -78,8 +89,17 @@ def summary_html(ranking: Ranking) -> str:
     header, rows = summary_rows(ranking)
     if not rows:
         return section("Configurations", note("No trial completed."))
-    numeric = range(len(header) - len(TRIAL_METRICS) - 1, len(header))
-    return section("Configurations", html_table(header, rows, numeric=numeric, highlight_first=True))
+    numeric = [index for index in range(header.index("n"), len(header)) if header[index] != "vs best"]
+    return section(
+        "Configurations",
+        html_table(header, rows, numeric=numeric, highlight_first=True, top_rows=top_group_rows(ranking)),
+        note(
+            "Shaded: the top group, the configurations not separated from the best. The dev score's interval is the "
+            "95% confidence interval of its mean over seeds (Student t). best − this: the best's dev score minus "
+            "this configuration's, averaged over the seeds both ran, with its 95% interval; Holm p: the "
+            f"{METHOD} (the intervals are not adjusted). separated: Holm p below 0.05 with the best ahead."
+        ),
+    )
 
 
 def failed_html(ranking: Ranking) -> str:
@@ -109,9 +129,16 @@ def retried_html(ranking: Ranking) -> str:
     )
 
 
-def analyses_html(ranking: Ranking, analyses: str | None) -> str:
-    if analyses is None:
-        given = "the best trial's checkpoint was not given (--best-checkpoint)"
-        why = "no trial completed" if ranking.best is None else given
-        return section("The best model's analyses (the paper's Figures 4-6)", note(f"Not drawn: {why}."))
-    return section("The best model's analyses (the paper's Figures 4-6)", analyses)
+def analyses_html(ranking: Ranking, analyses: Sequence[AnalysisFiles], searched: Sequence[Path]) -> str:
+    heading = "The best model's analyses (the paper's Figures 4-6)"
+    if not analyses:
+        if ranking.best is None:
+            return section(heading, note("Not drawn: no trial completed."))
+        return section(heading, missing_analyses_note(searched))
+    parts = []
+    for files in analyses:
+        if len(analyses) > 1:
+            parts.append(f"<h3>{escape(files.folder)}</h3>")
+        parts.append(analysis_fragment(files.data, files.pngs, heading_level=4 if len(analyses) > 1 else 3))
+        parts.append(note(f"Read from {files.folder}."))
+    return section(heading, *parts)

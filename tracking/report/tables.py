@@ -6,8 +6,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from tracking.results.comparison import interval_text, p_value_text
 from tracking.results.ranking import Ranking, metric_column
-from tracking.results.record import TRIAL_METRICS, TrialRecord, error_summary
+from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, TrialRecord, error_summary
 
 
 def text(value: Any) -> str:
@@ -19,20 +20,45 @@ def text(value: Any) -> str:
     return str(value)
 
 
+# The columns of the comparison with the best, after the dev score's mean ± std.
+COMPARISON_HEADER = ["dev score 95% CI", "best − this [95% CI]", "Holm p", "vs best"]
+OTHER_METRICS = [metric for metric in TRIAL_METRICS if metric != RANKING_METRIC]
+
+
 def summary_rows(ranking: Ranking) -> tuple[list[str], list[list[str]]]:
-    """One row per configuration, best first: its varying settings, n and every metric's mean ± std."""
-    header = ["rank", "config", *ranking.varying, "n", *(metric_column(metric) for metric in TRIAL_METRICS)]
-    rows = [
-        [
-            str(rank),
-            configuration.config_id,
-            *(text(configuration.config[key]) for key in ranking.varying),
-            str(configuration.n),
-            *(configuration.mean_std(metric) for metric in TRIAL_METRICS),
-        ]
-        for rank, configuration in enumerate(ranking.configurations, start=1)
-    ]
+    """One row per configuration, best first: its varying settings, n, the dev score's mean ± std and confidence
+    interval, its comparison with the best (best minus this on the shared seeds with its interval, the Holm-adjusted
+    p, the verdict), then every other metric's mean ± std."""
+    header = ["rank", "config", *ranking.varying, "n", metric_column(RANKING_METRIC), *COMPARISON_HEADER]
+    header += [metric_column(metric) for metric in OTHER_METRICS]
+    rows = []
+    for rank, standing in enumerate(ranking.comparison.standings, start=1):
+        configuration, comparison = standing.configuration, standing.comparison
+        difference = (
+            "–"
+            if comparison is None
+            else f"{comparison.difference:+.4f} {interval_text(comparison.low, comparison.high)}"
+        )
+        rows.append(
+            [
+                str(rank),
+                configuration.config_id,
+                *(text(configuration.config[key]) for key in ranking.varying),
+                str(configuration.n),
+                configuration.mean_std(RANKING_METRIC),
+                interval_text(standing.estimate.low, standing.estimate.high),
+                difference,
+                "–" if comparison is None else p_value_text(comparison.adjusted_p),
+                standing.verdict,
+                *(configuration.mean_std(metric) for metric in OTHER_METRICS),
+            ]
+        )
     return header, rows
+
+
+def top_group_rows(ranking: Ranking) -> list[int]:
+    """The positions of the summary's rows that are in the top group."""
+    return [index for index, standing in enumerate(ranking.comparison.standings) if standing.in_top_group]
 
 
 def failed_rows(ranking: Ranking) -> tuple[list[str], list[list[str]]]:

@@ -10,9 +10,12 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from tracking.results.comparison import METHOD, StudyComparison, compare_configurations
 from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, RANKING_MODE, TRIAL_METRICS, TrialRecord
+from tracking.results.statistics import CONFIDENCE, Estimate, estimate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,8 +33,11 @@ def configuration_id(config: dict[str, Any]) -> str:
 RANKING_RULE = (
     f"Configurations are ranked by the mean over seeds of `{RANKING_METRIC}` (the dev split at the epoch selected on "
     "dev), compared at equal n: those run on the most seeds come first, then those on fewer seeds (a failed seed, "
-    "a shorter study), each group by its mean. ± is the sample standard deviation over seeds. Test numbers are read "
-    "at the selected epoch of each run and never rank anything."
+    "a shorter study), each group by its mean. ± is the sample standard deviation over seeds, the interval the "
+    f"{CONFIDENCE:.0%} confidence interval of the mean (Student t). Each configuration is compared with the best on "
+    "the seeds both ran (paired t-test, Holm-adjusted over the comparisons with the best); the top group is the "
+    "configurations not separated from the best. Test numbers are read at the selected epoch of each run and never "
+    "rank anything."
 )
 
 
@@ -73,6 +79,10 @@ class Configuration:
 
     def mean_std(self, metric: str) -> str:
         return mean_std_text(self.mean(metric), self.std(metric))
+
+    def estimate(self, metric: str) -> Estimate:
+        """Mean, standard deviation and the confidence interval of the mean over seeds."""
+        return estimate(self.values(metric))
 
     def best_trial(self) -> TrialRecord:
         """The seed whose config a best config carries: the best dev score; ties go to the smaller seed, then the
@@ -134,6 +144,36 @@ class Ranking:
     def of_kind(self, kind: str) -> list[TrialRecord]:
         return [trial for trial in self.completed if trial.study_kind == kind]
 
+    @cached_property
+    def comparison(self) -> StudyComparison:
+        """Every configuration against the best on the ranking metric, and the top group."""
+        return compare_configurations(self.configurations, self.varying)
+
+
+# How best_config.json is trained again; its `config` is what the trainer loads.
+RERUN = "python -m clmlf.train --config best_config.json --output <folder>"
+
+
+def best_config_document(ranking: Ranking) -> dict[str, Any] | None:
+    """best_config.json: the best seed of the best configuration as the trainer's flat config (`config`, what
+    `python -m clmlf.train --config` loads), with the sentence that says how sure the study is and the top group
+    (the configurations not separated from the best), each with its interval. None where nothing completed."""
+    comparison = ranking.comparison
+    best = comparison.best
+    if best is None:
+        return None
+    best_trial = best.configuration.best_trial()
+    return {
+        "conclusion": comparison.sentence(),
+        "dataset": ranking.dataset,
+        "ranked_by": f"mean of {RANKING_METRIC} over seeds (dev split; the test split never ranks)",
+        "best": {**best.to_json(), "best_seed": best_trial.seed},
+        "top_group": [standing.to_json() for standing in comparison.top_group],
+        "method": f"{CONFIDENCE:.0%} Student-t intervals of the mean; {METHOD}, alpha {comparison.alpha:g}",
+        "rerun": RERUN,
+        "config": best_trial.config,
+    }
+
 
 def rank(dataset: str, trials: list[TrialRecord]) -> Ranking:
     configurations = rank_configurations(trials)
@@ -163,29 +203,54 @@ def metric_column(metric: str) -> str:
     return metric.removeprefix("selected/").replace("/", "_")
 
 
+# The comparison with the best in summary.csv: best minus this configuration on their shared seeds, with its
+# interval, the paired t-test's p before and after Holm's correction, the verdict and membership of the top group.
+COMPARISON_COLUMNS = ("vs_best_shared_seeds", "vs_best_difference", "vs_best_ci_low", "vs_best_ci_high", "vs_best_p",
+                      "vs_best_p_holm", "vs_best", "top_group")  # fmt: skip
+
+
 def summary_frame(ranking: Ranking, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per configuration, best first: rank, config id, the config keys that tell the rows apart (default:
-    the varying ones), the number of seeds n, mean and std over seeds of every dev and test metric, the seeds, the
-    studies and the trials (MLflow run ids where read from MLflow, else Tune's trial ids)."""
+    the varying ones), the number of seeds n, mean, std and confidence interval of the mean over seeds of every dev
+    and test metric, the comparison with the best on the dev score (COMPARISON_COLUMNS), the seeds, the studies and
+    the trials (MLflow run ids where read from MLflow, else Tune's trial ids)."""
     import pandas as pd
 
     keys = list(ranking.varying if keys is None else keys)
     columns = ["rank", "config_id", *keys, "n"]
-    columns += [f"{metric_column(metric)}_{statistic}" for metric in TRIAL_METRICS for statistic in ("mean", "std")]
-    columns += ["seeds", "studies", "run_ids"]
+    columns += [
+        f"{metric_column(metric)}_{statistic}"
+        for metric in TRIAL_METRICS
+        for statistic in ("mean", "std", "ci_low", "ci_high")
+    ]
+    columns += [*COMPARISON_COLUMNS, "seeds", "studies", "run_ids"]
     rows = []
-    for rank_number, configuration in enumerate(ranking.configurations, start=1):
+    standings = ranking.comparison.standings
+    for rank_number, (configuration, standing) in enumerate(zip(ranking.configurations, standings, strict=True), 1):
         row: dict[str, Any] = {"rank": rank_number, "config_id": configuration.config_id}
         row.update({key: configuration.config.get(key) for key in keys})
         row["n"] = configuration.n
         for metric in TRIAL_METRICS:
-            row[f"{metric_column(metric)}_mean"] = configuration.mean(metric)
-            row[f"{metric_column(metric)}_std"] = configuration.std(metric)
+            interval = configuration.estimate(metric)
+            column = metric_column(metric)
+            row[f"{column}_mean"], row[f"{column}_std"] = interval.mean, interval.std
+            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = interval.low, interval.high
+        comparison = standing.comparison
+        if comparison is not None:
+            row["vs_best_shared_seeds"] = comparison.n
+            row["vs_best_difference"] = comparison.difference
+            row["vs_best_ci_low"], row["vs_best_ci_high"] = comparison.low, comparison.high
+            row["vs_best_p"], row["vs_best_p_holm"] = comparison.p_value, comparison.adjusted_p
+        row["vs_best"] = standing.verdict
+        row["top_group"] = standing.in_top_group
         row["seeds"] = ";".join(str(seed) for seed in configuration.seeds)
         row["studies"] = ";".join(sorted({trial.study_name for trial in configuration.trials}))
         row["run_ids"] = ";".join(trial.label for trial in configuration.trials)
         rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    # A count, empty on the best's own row.
+    frame["vs_best_shared_seeds"] = frame["vs_best_shared_seeds"].astype("Int64")
+    return frame
 
 
 def mean_std_text(mean: float, std: float) -> str:

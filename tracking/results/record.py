@@ -24,6 +24,10 @@ DEV_METRICS = (RANKING_METRIC, *(f"selected/dev/{name}" for name in OVERALL_METR
 TEST_METRICS = tuple(f"selected/test/{name}" for name in OVERALL_METRICS)
 TRIAL_METRICS = DEV_METRICS + TEST_METRICS
 STUDY_KINDS = ("layer_sweep", "search", "ablation", "confirm")
+# Reported by every trial with each epoch: 1 when the epoch's checkpoint holds the model of the epoch selected on dev
+# so far, else 0. Tune keeps each trial's checkpoint with the highest value (ties: the later one, i.e. the latest
+# selection) besides its latest one, so a finished trial still has the model that its selected metrics describe.
+SELECTED_CHECKPOINT = "trial/selected_checkpoint"
 # Error texts kept in MLflow tags and reports are cut to their end, where the exception is.
 ERROR_TEXT_LIMIT = 5000
 CONFIG_KEYS = tuple(TrainConfig().to_flat_dict())

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray.tune import ExperimentAnalysis, Tuner
+from ray.tune import Checkpoint, ExperimentAnalysis, Tuner
 
 from tracking import storage
 from tracking.optuna_study import recorded_location
-from tracking.results.record import STUDY_KINDS, ResultsError, TrialRecord, make_record
+from tracking.results.record import SELECTED_CHECKPOINT, STUDY_KINDS, ResultsError, TrialRecord, make_record
 
 
 def read_tune_trials(location: str | Path) -> list[TrialRecord]:
@@ -60,3 +60,9 @@ def read_study_folder(location: str) -> list[TrialRecord]:
         # Trial ids count up within a study: in id order, trials are in the order Tune created them.
         for trial in sorted(analysis.trials, key=lambda trial: trial.trial_id)
     ]
+
+
+def selected_checkpoint(analysis: ExperimentAnalysis, trial_id: str) -> Checkpoint | None:
+    """A trial's checkpoint of the epoch selected on dev (Tune keeps it by SELECTED_CHECKPOINT), or None."""
+    trial = next((trial for trial in analysis.trials if trial.trial_id == trial_id), None)
+    return analysis.get_best_checkpoint(trial, SELECTED_CHECKPOINT, "max") if trial is not None else None
