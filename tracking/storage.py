@@ -58,12 +58,13 @@ def write_text(location: str, text: str) -> None:
 def claim_folder(location: str) -> dict[str, Any] | None:
     """Claim a new study's folder for this process; None where this call claimed it, else what the holder wrote.
 
-    Locally (and on NFS) the claim is one exclusive create (O_EXCL) of the folder's CLAIM_FILE: of two studies
-    started with one name, exactly one gets it, and the other stops before it writes anything. An object store
-    (s3://...) offers no exclusive create here: its claim is a check, then a write."""
+    Locally (and on NFS) the claim is one hard link to the folder's CLAIM_FILE, which fails where that exists: of two
+    studies started with one name, exactly one gets it, and the other stops before it writes anything. An object
+    store (s3://...) offers no exclusive create here: its claim is a check, then a write."""
     import getpass
     import os
     import socket
+    import threading
     import time
 
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser(), "claimed": time.time()}
@@ -75,12 +76,16 @@ def claim_folder(location: str) -> dict[str, Any] | None:
         write_text(claim, json.dumps(holder))
         return None
     Path(location).mkdir(parents=True, exist_ok=True)
+    # The holder is written to a file of this process's own, then hard-linked to the claim's name: the link fails
+    # where the name exists, and a loser never reads a claim that its winner has created but not yet filled.
+    written = Path(location, f".{CLAIM_FILE}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}")
+    written.write_text(json.dumps(holder))
     try:
-        descriptor = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.link(written, claim)
     except FileExistsError:
         return _claim_content(read_text(claim) or "")
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(json.dumps(holder))
+    finally:
+        written.unlink()
     return None
 
 
