@@ -6,6 +6,7 @@ files and reuses its text-only counterpart."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from clmlf.data import load_dataset
 from clmlf.evaluate import load_checkpoint
 from clmlf.train import train
 from tracking.analyse import main
+from tracking.analyses.figures import attention_figure, case_study_figure
 
 # Two batches per epoch keep the run and its text-only counterpart at seconds; dev and test stay whole.
 FAST = {"max_train_batches": 2}
@@ -103,6 +105,16 @@ def test_the_case_study_lists_all_disagreements_and_only_them(analysed, run_dir,
     assert all(case["full"] != case["text-only"] for case in written["case_study"])
     page = (analysed / "analysis.html").read_text()
     assert page.count("<tr>") == len(expected) + 1  # the header row and one row per case
+
+
+def test_texts_and_ids_that_read_as_math_are_drawn_as_text(full_test):
+    # "$5^^ vs $3" is a syntax error as matplotlib mathtext: a figure that parses it fails when drawn.
+    posts = len(full_test.ids)
+    odd = SplitAnalysis(
+        **{**full_test.__dict__, "ids": [f"$id^^{i}" for i in range(posts)], "texts": ["$5^^ vs $3"] * posts}
+    )
+    for figure in (case_study_figure(odd, odd, [0, 1]), attention_figure(odd, [(0, 1)])):
+        figure.savefig(io.BytesIO(), format="svg")
 
 
 def test_disagreements_refuses_analyses_of_different_posts(full_test):

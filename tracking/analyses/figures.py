@@ -65,12 +65,14 @@ def case_study_figure(full: SplitAnalysis, text_only: SplitAnalysis, cases: list
             spine.set_edgecolor("tab:green" if right else "tab:red")
             spine.set_linewidth(3)
         text = textwrap.shorten(full.texts[index], 120, placeholder=" …")
-        axis.set_title(full.ids[index], fontsize=8)
+        # Post texts and ids are shown as they are: with math parsing, "$5^^ vs $3" would stop the drawing.
+        axis.set_title(full.ids[index], fontsize=8, parse_math=False)
         axis.set_xlabel(
             "\n".join(textwrap.wrap(text, 38))
             + f"\ngold {names[full.labels[index]]} | full {names[full.predictions[index]]}"
             f" | text-only {names[text_only.predictions[index]]}",
             fontsize=7.5,
+            parse_math=False,
         )
     figure.suptitle(
         f"Case study: {len(shown)} of the {len(cases)} {full.split} posts where full and text-only disagree "
@@ -99,6 +101,7 @@ def attention_figure(analysis: SplitAnalysis, picks: list[tuple[int, int]]) -> F
         axis.set_title(
             f"{analysis.ids[index]}: '{attention.tokens[token]}'\n{attention.image_share(token):.0%} on the regions",
             fontsize=8,
+            parse_math=False,
         )
     figure.suptitle(
         f"Attention of text tokens over the image regions (fusion layer {analysis.attention_layer + 1}, "
