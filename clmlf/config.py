@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -272,6 +273,9 @@ class TrainConfig:
         return self.feature_cache_refusal is None
 
     def validate(self) -> None:
+        for name, value in to_flat_dict(self).items():
+            # inf and nan pass every comparison below that a finite bound does not, and would reach training.
+            _require(not isinstance(value, float) or math.isfinite(value), name, f"must be finite, got {value}")
         self.model.validate()
         _require(bool(self.dataset), "dataset", "must name a data set")
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

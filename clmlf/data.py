@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import unicodedata
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -499,7 +500,17 @@ def _record_id(path: Path, index: int, entry: Any, problems: list[Problem]) -> s
         # Ids name image files; a separator would reach outside the image folder.
         problems.append(Problem(path, record_id, "'id' contains a path separator"))
         return None
+    control = control_characters(record_id)
+    if control:
+        problems.append(Problem(path, None, f"{where}: 'id' {record_id!r} contains the control character(s) {control}"))
+        return None
     return record_id
+
+
+def control_characters(text: str) -> str:
+    """The control characters in `text` (NUL, tab, newline, ...), as escapes, or "": ids name files and table rows,
+    where such a character cuts a path or a line."""
+    return ", ".join(sorted({repr(character)[1:-1] for character in text if unicodedata.category(character) == "Cc"}))
 
 
 def _read_split(split: str, path: Path, spec: DatasetSpec, problems: list[Problem]) -> list[_Record]:
@@ -624,6 +635,8 @@ def _read_tsv_split(split: str, path: Path, spec: DatasetSpec, problems: list[Pr
         messages = []
         if not index.strip():
             messages.append("index is empty")
+        elif control_characters(index):
+            messages.append(f"index {index!r} contains the control character(s) {control_characters(index)}")
         elif index in first_line_of_index:
             messages.append(f"duplicate index {index!r}: already on line {first_line_of_index[index]}")
         else:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from clmlf.config import ConfigError
 from clmlf.data import Post
 from clmlf.loading import EncodedTexts, load_rgb, pad, pad_segments
 from clmlf.precision import Precision
@@ -168,6 +169,21 @@ def _open_array(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+class CacheTooLarge(ConfigError):
+    """A feature bank that would not fit on the cache's disk: a setting to change, so no trial retries it."""
+
+
+def require_space(folder: Path, needed_bytes: int, augmented_views: int) -> None:
+    """Refuse a bank of `needed_bytes` that the disk holding `folder` has no room for, with what to change."""
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise CacheTooLarge(
+            f"augmented_views={augmented_views}: the image feature bank needs {needed_bytes / 2**30:.2f} GiB in "
+            f"{folder.parent}, where {free / 2**30:.2f} GiB are free; lower augmented_views or set "
+            "feature_cache_dir to a folder on a larger disk"
+        )
+
+
 def _write_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
 
@@ -231,6 +247,12 @@ def image_features(
                         torch.manual_seed(_stable_seed(seed, split, start, view))
                         batch = [augmentation(image) for image in chunk]
                     features = _backbone_batches(backbone, batch, device, precision)  # (B, C, p, p)
+                    if array is None and split == next(iter(posts)) and start == 0 and view == 0:
+                        # One image's size is known now: refuse a bank that would fill the disk before writing any.
+                        images_and_views = sum(
+                            len(distinct[name][0]) * (1 + augmented_views if name == "train" else 1) for name in posts
+                        )
+                        require_space(staging, images_and_views * features[0].size * 2, augmented_views)
                     if array is None:
                         shape = (len(images), views, *features.shape[1:])
                         array = _write_array(staging / f"{split}.npy", shape)

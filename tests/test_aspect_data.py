@@ -120,6 +120,12 @@ ROW_CASES: dict[str, tuple[Callable[[Path], None], str, int | None, str]] = {
     "empty aspect": (_set_column(4, ""), "train.tsv", 4, "aspect is empty"),
     "empty index": (_set_column(0, ""), "train.tsv", 4, "index is empty"),
     "duplicate index": (_set_column(0, 1), "train.tsv", 4, "duplicate index '1': already on line 2"),
+    "index with a control character": (
+        _set_column(0, "3\x1b"),
+        "train.tsv",
+        4,
+        "index '3\\x1b' contains the control character(s) \\x1b",
+    ),
     "empty image name": (_set_column(2, ""), "train.tsv", 4, "image file name is empty"),
     "image name with a path separator": (
         _set_column(2, "../train1.jpg"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -20,6 +21,7 @@ from clmlf.config import (
     differences,
     load_config_file,
     parse_overrides,
+    to_flat_dict,
 )
 from clmlf.data import DATASETS
 
@@ -140,6 +142,17 @@ def test_loss_weights_stay_floats():
 def test_values_that_cannot_be_coerced_name_the_field(key, value):
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         build_config("demo", "tiny", {key: value})
+
+
+FLOAT_SETTINGS = [key for key, value in to_flat_dict(TrainConfig()).items() if isinstance(value, float)]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_every_float_setting_refuses_non_finite_values(value):
+    assert {"learning_rate", "temperature", "lbcl_weight", "dbcl_weight", "model.dropout"} <= set(FLOAT_SETTINGS)
+    for key in FLOAT_SETTINGS:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be finite, got"):
+            build_config("demo", "tiny", {key: value})
 
 
 @pytest.mark.parametrize(

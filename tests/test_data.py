@@ -169,6 +169,12 @@ STRUCTURAL_CASES: dict[str, tuple[Callable[[Path], None], str, str | None, str]]
         "../train2",
         "path separator",
     ),
+    "id with a NUL": (
+        lambda d: _set_field(d, "id", "train\x002"),
+        "train.json",
+        None,
+        "list entry 2: 'id' 'train\\x002' contains the control character(s) \\x00",
+    ),
     "record without text": (lambda d: _drop_key(d, "text"), "train.json", "train2", "missing 'text'"),
     "record without label": (
         lambda d: _drop_key(d, "emotion_label"),

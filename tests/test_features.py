@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from clmlf.config import ConfigError, build_config
 from clmlf.demo_data import DemoSizes, generate_demo_dataset
+from clmlf.features import require_space
 from clmlf.train import Run, train
 
 
@@ -155,3 +157,10 @@ def test_concurrent_trials_build_each_entry_once(data_root, tmp_path):
     assert sum("text-" in message for message in messages) == 1
     assert len(entries(tmp_path, "images")) == 1
     assert not list(tmp_path.glob("*building*"))
+
+
+def test_a_bank_larger_than_the_free_disk_is_refused_before_it_is_written(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(ConfigError, match=r"^augmented_views=64: the image feature bank needs .* GiB are free"):
+        require_space(tmp_path, free + 2**30, 64)
+    require_space(tmp_path, 2**20, 64)
