@@ -122,6 +122,11 @@ def warm_start_source(arguments: argparse.Namespace) -> StoredStudy:
             f"--warm-start {given}: not the folder of a search (no {optuna_study.OPTUNA_STUDY_FILE}), nor a "
             "database URL"
         )
+    if ":***@" in location.storage:
+        raise StudyInputError(
+            f"--warm-start {given}: its study is in {location.storage}, whose password the folder does not keep; "
+            f"give the URL with it (--warm-start URL --warm-start-study {location.name})"
+        )
     return location
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -114,7 +115,7 @@ class Study:
                 storage.release_claim(self.path)
             raise
         assert self.parent is not None
-        print(f"study {self.arguments.name}: Tune folder {self.path}; MLflow {self.parent.tracking_uri} "
+        print(f"study {self.arguments.name}: Tune folder {self.path}; MLflow {self.parent.shown} "
               f"(parent run {self.parent.parent_run_id})")  # fmt: skip
         return self
 
@@ -130,9 +131,20 @@ class Study:
         if not arguments.resume and (saved is not None or tune.Tuner.can_restore(path)):
             raise StudyInputError(f"--name {arguments.name}: {path} already holds a study; add --resume or pick a name")
         self.parent = StudyRun(**saved) if saved is not None else None
-        tracking_uri = self.parent.tracking_uri if self.parent else resolve_tracking_uri(arguments.tracking_uri)
-        if self.parent and arguments.tracking_uri and arguments.tracking_uri != tracking_uri:
-            print(f"note: --resume logs to the study's own tracking URI {tracking_uri}, not {arguments.tracking_uri}")
+        given = resolve_tracking_uri(arguments.tracking_uri)
+        if self.parent:
+            # The saved URI has its password hidden; the URI given now brings it back where it names the same store.
+            if hide_password(given) == self.parent.tracking_uri:
+                self.parent = dataclasses.replace(self.parent, tracking_uri=given)
+            elif ":***@" in self.parent.tracking_uri:
+                raise StudyInputError(
+                    f"--resume: the study logs to {self.parent.tracking_uri}; give that URI with its password "
+                    "(--tracking-uri or MLFLOW_TRACKING_URI)"
+                )
+            elif arguments.tracking_uri:
+                shown_given = hide_password(given)
+                print(f"note: --resume logs to the study's own tracking URI {self.parent.shown}, not {shown_given}")
+        tracking_uri = self.parent.tracking_uri if self.parent else given
         if arguments.resume:
             if not tune.Tuner.can_restore(path):
                 raise StudyInputError(f"--resume: {path} has no Tune state to restore")
@@ -258,7 +270,7 @@ class Study:
                          summary_metrics=run_summary(comparison), summary_tags=summary_tags)  # fmt: skip
         best_file = storage.join(self.path, storage.BEST_CONFIG_FILE) if best else "(no best config)"
         print(f"\nexported: {best_file}, {storage.join(self.path, storage.TRIALS_FILE)}")
-        print(f"MLflow: {self.parent.tracking_uri}, experiment clmlf/{self.kind}/{self.dataset}, "
+        print(f"MLflow: {self.parent.shown}, experiment clmlf/{self.kind}/{self.dataset}, "
               f"parent run {self.parent.parent_run_id} ({self.parent.study_name})")  # fmt: skip
         if model:
             print(f"  the best trial's model: {model} (model/README.md says how to load it)")
@@ -266,7 +278,7 @@ class Study:
             print(f"  registered as models:/{registered[0]}/{registered[1]}; score it with: "
                   f"python -m clmlf.evaluate models:/{registered[0]}/{registered[1]}")  # fmt: skip
         if self.parent.tracking_uri.startswith("sqlite:"):
-            print(f"  open the UI: mlflow ui --backend-store-uri {self.parent.tracking_uri}")
+            print(f"  open the UI: mlflow ui --backend-store-uri {self.parent.shown}")
         print(f"  its training runs: {runs_page(self.parent.tracking_uri, self.parent.experiment_id)}")
         if stored is not None:
             print(f"Optuna: study {stored.shown}; open it with: optuna-dashboard {hide_password(stored.storage)}")
@@ -411,7 +423,7 @@ with a digest of their weights, and the config builds them again when it is load
 
 Download and score it on dev and test (the data set must be where its config, or --data-root, says):
 
-    MLFLOW_TRACKING_URI={study.parent.tracking_uri if study.parent else ""} \\
+    MLFLOW_TRACKING_URI={study.parent.shown if study.parent else ""} \\
         mlflow artifacts download --artifact-uri {uri} --dst-path best-model
     python -m clmlf.evaluate best-model
 

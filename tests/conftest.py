@@ -138,6 +138,7 @@ def smoke_sweep(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluste
 
 SMOKE_SEARCH_NAME = "searched"
 SMOKE_SEARCH_TIMEOUT_S = 900
+SMOKE_SEARCH_PASSWORD = "pw-4b1f9e-never-shown"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ def smoke_search(
     tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster, mlflow_server: str
 ) -> FinishedStudy:
     cwd = tmp_path_factory.mktemp("smoke-search")
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "RAY_ADDRESS": ray_cluster.address}
+    # With credentials in the URI (the server takes any): none of the study's outputs may show the password.
+    credentialed = mlflow_server.replace("://", f"://clmlf:{SMOKE_SEARCH_PASSWORD}@", 1)
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": credentialed, "RAY_ADDRESS": ray_cluster.address}
     for name in ("CLMLF_TRACKING_URI", "CLMLF_RAY_ADDRESS"):
         environment.pop(name, None)
     command = [

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import ray
 import torch
-from conftest import SMOKE_SEARCH_NAME
+from conftest import SMOKE_SEARCH_NAME, SMOKE_SEARCH_PASSWORD
 from mlflow.tracking import MlflowClient
 
 from clmlf import evaluate
@@ -110,7 +110,7 @@ def test_a_server_named_in_mlflow_tracking_uri_receives_a_study_run_on_the_ray_a
 ):
     # The driver had no --tracking-uri and no --address: only MLFLOW_TRACKING_URI and RAY_ADDRESS named them.
     parent = json.loads((smoke_search.folder / storage.PARENT_RUN_FILE).read_text())
-    assert parent["tracking_uri"] == mlflow_server
+    assert parent["tracking_uri"] == mlflow_server.replace("://", "://clmlf:***@", 1)
     assert not (smoke_search.cwd / "mlflow.db").exists()
     runs = child_runs(mlflow_server, parent["parent_run_id"])
     trials = trial_files(smoke_search.folder)
@@ -239,6 +239,28 @@ def test_the_parent_run_holds_the_study_outputs_and_the_best_model_loads(smoke_s
     assert dev["dev/score"] == pytest.approx(best_run.data.metrics["selected/dev/score"], abs=1e-6)
     # Only that checkpoint is left in the study folder (finished trials' others are deleted).
     assert [path.parent.name for path in folder.glob("trial_*/checkpoint_*")] == [f"trial_{best}"]
+
+
+@pytest.mark.slow
+def test_the_password_in_the_tracking_uri_is_never_printed_written_or_logged(smoke_search, mlflow_server, tmp_path):
+    # The study's driver had MLFLOW_TRACKING_URI=http://clmlf:<password>@...; the server took the study's runs.
+    assert SMOKE_SEARCH_PASSWORD not in smoke_search.log and "clmlf:***@" in smoke_search.log
+    written = [path for path in smoke_search.cwd.rglob("*") if path.is_file()]
+    assert any(path.name == storage.PARENT_RUN_FILE for path in written)
+    assert [path for path in written if SMOKE_SEARCH_PASSWORD.encode() in path.read_bytes()] == []
+    client = MlflowClient(mlflow_server)
+    parent_id = json.loads((smoke_search.folder / storage.PARENT_RUN_FILE).read_text())["parent_run_id"]
+    runs = [client.get_run(parent_id), *child_runs(mlflow_server, parent_id)]
+    for run in runs:
+        assert SMOKE_SEARCH_PASSWORD not in json.dumps([run.data.params, run.data.tags])
+    uploaded = [
+        Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / run.info.run_id),
+                                                 tracking_uri=mlflow_server))
+        for run in runs
+    ]  # fmt: skip
+    files = [path for folder in uploaded for path in folder.rglob("*") if path.is_file()]
+    assert any(path.name == "README.md" for path in files)  # the best model's, which names the tracking URI
+    assert [path for path in files if SMOKE_SEARCH_PASSWORD.encode() in path.read_bytes()] == []
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
 from clmlf.train import CheckpointMismatch
 from tracking.storage import ANALYSIS_FOLDER, PARENT_RUN_FILE
+from tracking.uri import hide_password, resolve_tracking_uri, with_password
 
 ANALYSIS_ARTIFACTS = "analysis"
 
@@ -92,11 +93,11 @@ def log_to_mlflow_run(run_dir: Path, output: Path, study: bool = False) -> None:
 
     saved = json.loads(run_file.read_text())
     run_id = saved["parent_run_id" if study else "run_id"]
-    client = MlflowClient(saved["tracking_uri"])
+    client = MlflowClient(with_password(saved["tracking_uri"], resolve_tracking_uri(None)))
     for path in sorted(output.iterdir()):
         if path.is_file():
             client.log_artifact(run_id, str(path), ANALYSIS_ARTIFACTS)
-    print(f"  logged to MLflow run {run_id} ({saved['tracking_uri']}) under {ANALYSIS_ARTIFACTS}/")
+    print(f"  logged to MLflow run {run_id} ({hide_password(saved['tracking_uri'])}) under {ANALYSIS_ARTIFACTS}/")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import math
 import os
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,11 +75,15 @@ def _environment(**variables: str) -> Iterator[None]:
 
 
 def check_tracking_uri(tracking_uri: str, timeout_seconds: int = 5) -> None:
-    """Raise `TrackingUnavailable` unless the store answers within a few seconds (one request, no retries).
+    """Raise `TrackingUnavailable` unless the store answers within a few seconds (one request, no retries); with a
+    password in the URI, keep MLflow from printing it.
 
     Called before Ray starts, so that a study with a wrong or stopped server costs seconds, not a scheduled
     study whose results are then lost.
     """
+    if hide_password(tracking_uri) != tracking_uri:
+        # MLflow prints a "View run at <URI>" line when a run ends, password and all; the study prints its own links.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     started = time.monotonic()
     with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_seconds)):
         try:
@@ -87,7 +92,7 @@ def check_tracking_uri(tracking_uri: str, timeout_seconds: int = 5) -> None:
             seconds = time.monotonic() - started
             summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrackingUnavailable(
-                f"--tracking-uri {tracking_uri}: the MLflow tracking store does not answer "
+                f"--tracking-uri {hide_password(tracking_uri)}: the MLflow tracking store does not answer "
                 f"({type(error).__name__} after {seconds:.1f} s: {summary[:300]}). Start the server "
                 "(mlflow server --host ... --port ...), fix the URI, or leave --tracking-uri out to log into "
                 "./mlflow.db."
@@ -147,7 +152,10 @@ def runs_page(tracking_uri: str, experiment_id: str) -> str:
     """The UI's page of an experiment's training runs, under the server's address (for a local store, under that of
     `mlflow ui`). MLflow 3.17's UI chooses between its GenAI and its model-training views per browser (`workflowType`,
     remembered from the switch at the top of its sidebar), not per experiment: the link names the view."""
-    server = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    parts = urllib.parse.urlsplit(tracking_uri)
+    # A browser logs in by itself: the link carries no credentials.
+    server = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path.rstrip('/')}"
+    server = server if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
@@ -260,6 +268,10 @@ class RunRecorder:
         self.client.set_terminated(self.run_id, status=status)
 
 
+# In this process: each tracking URI with a password, by its shown form (StudyRun.shown).
+_FULL_TRACKING_URIS: dict[str, str] = {}
+
+
 @dataclass
 class StudyRun:
     """Where a study's runs go: the parent run and what every child run is tagged with."""
@@ -272,8 +284,29 @@ class StudyRun:
     dataset: str
     git_commit: str
 
+    def __post_init__(self) -> None:
+        if self.shown != self.tracking_uri:
+            _FULL_TRACKING_URIS[self.shown] = self.tracking_uri
+
+    # Tune pickles the study's callbacks, and with them this, into the study folder (tuner.pkl): the pickle holds the
+    # URI without its password, and unpickling in the driver that knows the password puts it back.
+    def __getstate__(self) -> dict[str, str]:
+        return {**self.__dict__, "tracking_uri": self.shown}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__dict__.update(
+            {**state, "tracking_uri": _FULL_TRACKING_URIS.get(state["tracking_uri"], state["tracking_uri"])}
+        )
+
+    @property
+    def shown(self) -> str:
+        """The tracking URI with its password (if any) replaced by ***: what is printed, written and logged."""
+        return hide_password(self.tracking_uri)
+
     def to_json(self) -> dict[str, str]:
-        return dict(self.__dict__)
+        # The study folder is shared storage: the password stays with the user (flag or environment), and a resume
+        # takes it from there again.
+        return {**self.__dict__, "tracking_uri": self.shown}
 
 
 def start_study_run(

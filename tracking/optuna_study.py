@@ -41,7 +41,8 @@ class StoredStudy:
     name: str
 
     def to_json(self) -> dict[str, str]:
-        return {"storage": self.storage, "study_name": self.name}
+        # Without the password: the study folder is shared storage (a resume and a warm start are given the URL).
+        return {"storage": hide_password(self.storage), "study_name": self.name}
 
     @property
     def shown(self) -> str:

@@ -76,7 +76,7 @@ class MlflowStudyCallback(Callback):
             action()
         except Exception as error:  # tracking must never take a study down
             print(
-                f"warning: MLflow logging failed ({what}, trial {trial.trial_id}, {self.study_run.tracking_uri}): "
+                f"warning: MLflow logging failed ({what}, trial {trial.trial_id}, {self.study_run.shown}): "
                 f"{type(error).__name__}: {error}",
                 file=sys.stderr,
             )

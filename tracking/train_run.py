@@ -21,7 +21,7 @@ from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
 from clmlf.safe_files import write_text_atomically
 from clmlf.train_command import parse_arguments
-from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, resolve_tracking_uri
+from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, hide_password, resolve_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 STUDY = "standalone"
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = output / "checkpoint"
     resume_from = checkpoint if arguments.resume and (checkpoint / CHECKPOINT_FILE).is_file() else None
     recorder = open_run(tracking_uri, config.to_flat_dict(), output, resume=resume_from is not None)
-    print(f"MLflow: {tracking_uri}, experiment {experiment_name(STUDY, config.dataset)}, run {recorder.run_id}")
+    experiment = experiment_name(STUDY, config.dataset)
+    print(f"MLflow: {hide_password(tracking_uri)}, experiment {experiment}, run {recorder.run_id}")
 
     def report(metrics: dict[str, Any], epoch: int, checkpoint_dir: Path | None) -> None:
         recorder.log_epoch(metrics, epoch)
@@ -85,7 +86,7 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     run_file = output / RUN_FILE
     if resume and run_file.is_file():
         saved = json.loads(run_file.read_text())
-        if saved.get("tracking_uri") == tracking_uri:
+        if saved.get("tracking_uri") == hide_password(tracking_uri):
             return RunRecorder.reopen(client, saved["run_id"], dataset)
     description = (
         f"Standalone training runs of CLMLF on {dataset} (`python -m tracking.train_run`), each logged like a "
@@ -114,7 +115,9 @@ def open_run(tracking_uri: str, flat_config: dict[str, Any], output: Path, resum
     recorder = RunRecorder(client, run.info.run_id, dataset)
     recorder.log_params(flat_config)
     output.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_file, json.dumps({"tracking_uri": tracking_uri, "run_id": run.info.run_id}, indent=2))
+    write_text_atomically(
+        run_file, json.dumps({"tracking_uri": hide_password(tracking_uri), "run_id": run.info.run_id}, indent=2)
+    )
     return recorder
 
 

@@ -54,6 +54,12 @@ def hide_password(text: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def with_password(saved: str, given: str) -> str:
+    """A URI saved with its password hidden, completed from the URI given now (flag or environment) where that
+    names the same store; otherwise `saved` as it is."""
+    return given if hide_password(given) == saved else saved
+
+
 TRACKING_URI_HELP = "MLflow tracking URI (default $CLMLF_TRACKING_URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db)"
 RAY_ADDRESS_HELP = (
     "Ray cluster to join ('auto', host:port); default $CLMLF_RAY_ADDRESS, else $RAY_ADDRESS, else a local Ray started "

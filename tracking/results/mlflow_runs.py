@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tracking.optuna_study import STORAGE_TAG
 from tracking.results.record import ResultsError, TrialRecord, make_record
+from tracking.uri import hide_password
 
 # MLflow's run status in Tune's words, for runs without the clmlf.status tag.
 _TUNE_STATUS_OF_RUN = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "ERROR"}
@@ -47,13 +48,13 @@ def read_mlflow_trials(
     sqlite_file = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
     if sqlite_file is not None and not Path(sqlite_file).exists():
         # MLflow would create an empty store there; a report of nothing hides a wrong path.
-        raise ResultsError(f"{tracking_uri}: no MLflow store at {sqlite_file}")
+        raise ResultsError(f"{hide_password(tracking_uri)}: no MLflow store at {sqlite_file}")
     client = MlflowClient(tracking_uri)
     experiments: dict[str, str] = {}
     for name in experiment_names or []:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise ResultsError(f"{tracking_uri}: no experiment named {name!r}")
+            raise ResultsError(f"{hide_password(tracking_uri)}: no experiment named {name!r}")
         experiments[experiment.experiment_id] = experiment.name
     if not experiment_names and not parent_run_ids:
         for experiment in client.search_experiments(filter_string="name LIKE 'clmlf/%'"):
@@ -66,7 +67,9 @@ def read_mlflow_trials(
         try:
             parent = client.get_run(parent_run_id)
         except MlflowException as error:
-            raise ResultsError(f"{tracking_uri}: no parent run {parent_run_id!r}: {error.message}") from error
+            raise ResultsError(
+                f"{hide_password(tracking_uri)}: no parent run {parent_run_id!r}: {error.message}"
+            ) from error
         experiment_id = parent.info.experiment_id
         experiments.setdefault(experiment_id, client.get_experiment(experiment_id).name)
         runs += search_all_runs(client, [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
@@ -112,6 +115,6 @@ def _trial_from_run(run: Any, parent: Any, experiment_name: str, tracking_uri: s
         or (parent.info.run_name if parent is not None else experiment_name),
         parent_run_id=tags.get("mlflow.parentRunId"),
         run_id=run.info.run_id,
-        source=f"MLflow {tracking_uri}, experiment {experiment_name}",
+        source=f"MLflow {hide_password(tracking_uri)}, experiment {experiment_name}",
         optuna_storage=parent_tags.get(STORAGE_TAG),
     )
