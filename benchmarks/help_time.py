@@ -29,7 +29,7 @@ SCRIPT_FORMS = {
     "clmlf-search": ["studies/search.py"],
     "clmlf-ablation": ["studies/ablation.py"],
     "clmlf-confirm": ["studies/confirm.py"],
-    "clmlf-report": ["-m", "tracking.report"],
+    "clmlf-report": ["-m", "report"],
     "clmlf-convert": ["-m", "clmlf.convert"],
 }
 ENTRY_POINT = "import sys, importlib; m, f = sys.argv[1].split(':'); sys.argv = [sys.argv[2], '--help']; " \

@@ -15,8 +15,8 @@ from typing import Any
 from clmlf.config import PRESETS, ConfigError, TrainConfig, build_config, parse_overrides
 from clmlf.data import DATASETS, DataError, dataset_spec, load_dataset
 from clmlf.encoders import EncoderUnavailable
-from tracking import storage
-from tracking.results.record import ResultsError
+from results import storage
+from results.record import ResultsError
 from tracking.uri import RAY_ADDRESS_HELP, TRACKING_URI_HELP, TrackingUnavailable, resolve_ray_address
 
 STORAGE_VARIABLE = "CLMLF_STORAGE_PATH"

@@ -21,10 +21,10 @@ import math
 import sys
 from typing import Any
 
+from results import storage
+from results.ranking import Configuration, rank_configurations, short, varying_keys
+from results.record import RANKING_METRIC, TEST_METRICS, ResultsError, TrialRecord
 from studies import cli
-from tracking import storage
-from tracking.results.ranking import Configuration, rank_configurations, short, varying_keys
-from tracking.results.record import RANKING_METRIC, TEST_METRICS, ResultsError, TrialRecord
 
 KIND = "confirm"
 SUMMARY_FILE = "confirm_summary.json"
@@ -118,9 +118,9 @@ def study_trials(arguments) -> list[TrialRecord]:
     """The finished study's trials, from its Tune folder and/or its MLflow parent run (a trial once)."""
     from mlflow.exceptions import MlflowException
 
-    from tracking.results.mlflow_runs import read_mlflow_trials
-    from tracking.results.ranking import without_duplicates
-    from tracking.results.tune_folder import read_study_folder
+    from results.ranking import without_duplicates
+    from results.tune_folder import read_study_folder
+    from tracking.mlflow_runs import read_mlflow_trials
     from tracking.uri import resolve_tracking_uri
 
     if not arguments.study and not arguments.parent_run:

@@ -17,8 +17,8 @@ from typing import Any
 
 from ray.tune import ProgressReporter
 
+from results.record import RANKING_METRIC, describe_values
 from studies.trainable import EPOCHS_COMPLETED
-from tracking.results.record import RANKING_METRIC, describe_values
 
 DEV_SCORE = "dev/score"
 STATUS_ORDER = ("RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR")

@@ -19,11 +19,11 @@ import argparse
 from collections import Counter
 from typing import Any
 
+from results import optuna_study, storage
+from results.optuna_study import StoredStudy
+from results.record import RANKING_METRIC, RANKING_MODE
+from results.storage import hide_password
 from studies.cli import StudyInputError
-from tracking import optuna_study, storage
-from tracking.optuna_study import StoredStudy
-from tracking.results.record import RANKING_METRIC, RANKING_MODE
-from tracking.uri import hide_password
 
 # Settings that say where and how fast a run goes, not what it measures; the seed is noise, not a setting (a search
 # runs each configuration on one seed). A warm start ignores them when it compares configs.

@@ -29,12 +29,18 @@ import ray
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from ray import tune
 
+from results import optuna_study, storage
+from results.comparison import estimate_text, run_summary, top_group_text
+from results.optuna_study import STORAGE_TAG, STUDY_TAG, StoredStudy
+from results.ranking import Ranking, best_config_document, rank
+from results.record import RANKING_METRIC, TrialRecord, describe_values, trials_frame
+from results.storage import hide_password
+from results.tune_folder import read_study_folder, selected_checkpoint
 from studies.cli import StudyInputError, check_dataset, saved_arguments, study_question
 from studies.failures import RetryPolicy
 from studies.live_view import StudyProgress
 from studies.summary import print_summary
 from studies.trainable import SELECTED_CHECKPOINT, train_trial, trial_dirname
-from tracking import optuna_study, storage
 from tracking.mlflow_logging import (
     CONCLUSION_TAG,
     TOP_GROUP_TAG,
@@ -49,13 +55,8 @@ from tracking.mlflow_logging import (
     start_study_run,
     tag_study_run,
 )
-from tracking.optuna_study import STORAGE_TAG, STUDY_TAG, StoredStudy
-from tracking.results.comparison import estimate_text, run_summary, top_group_text
-from tracking.results.ranking import Ranking, best_config_document, rank
-from tracking.results.record import RANKING_METRIC, TrialRecord, describe_values, trials_frame
-from tracking.results.tune_folder import read_study_folder, selected_checkpoint
 from tracking.study_callback import MlflowStudyCallback
-from tracking.uri import hide_password, resolve_tracking_uri
+from tracking.uri import resolve_tracking_uri
 
 RETRIES_PER_TRIAL = 2
 # Passed to every trial's worker process, so that a cluster's nodes use the driver's data and caches.
@@ -160,7 +161,7 @@ class Study:
 
     def _claim(self) -> bool:
         """A new study's folder becomes its own before anything is written there: of two studies started with one
-        --name, the second stops here (tracking/storage.py, claim_folder)."""
+        --name, the second stops here (results/storage.py, claim_folder)."""
         holder = storage.claim_folder(self.path)
         if holder is not None:
             claim = storage.join(self.path, storage.CLAIM_FILE)
@@ -437,20 +438,20 @@ def local_outputs_folder(experiment_path: str, study_name: str) -> Path:
 
 
 def draw_analyses(checkpoint: tune.Checkpoint | None, folder: Path) -> list[Path]:
-    """The best model's analyses (tracking/analyses/) into `folder`, against a text-only counterpart trained once into
+    """The best model's analyses (analyses/) into `folder`, against a text-only counterpart trained once into
     `folder/text-only`: the report reads the files, it never runs a model."""
     if checkpoint is None:
         return []
-    from tracking.analyses.study import analyse_best_model
+    from analyses.study import analyse_best_model
 
     with checkpoint.as_directory() as local:
         return analyse_best_model(Path(local), folder)
 
 
 def export_report(output: Path, study_run: StudyRun, analysis_folder: Path) -> Path | None:
-    """The study report (tracking/report/) in `output`, showing the analyses in `analysis_folder` where they were
+    """The study report (report/) in `output`, showing the analyses in `analysis_folder` where they were
     drawn; returns its folder, or None where it could not be written."""
-    from tracking.report import write_study_report
+    from report import write_study_report
 
     try:
         write_study_report(output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id],

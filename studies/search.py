@@ -29,9 +29,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from results import storage
 from studies import cli
 from studies.trainable import phase_aware_scheduler
-from tracking import storage
 
 KIND = "search"
 DEFAULT_SAMPLES = 20

@@ -8,9 +8,9 @@ import math
 import textwrap
 from typing import Any
 
-from tracking.results.comparison import interval_text, p_value_text
-from tracking.results.ranking import RANKING_RULE, Ranking, mean_std_text, metric_column, short, summary_frame
-from tracking.results.record import RANKING_METRIC, f1_metric_of
+from results.comparison import interval_text, p_value_text
+from results.ranking import RANKING_RULE, Ranking, mean_std_text, metric_column, short, summary_frame
+from results.record import RANKING_METRIC, f1_metric_of
 
 
 def print_summary(

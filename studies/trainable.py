@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from clmlf.config import TrainConfig
+from results.record import RANKING_MODE, SELECTED_CHECKPOINT
 from studies.cli import StudyInputError
-from tracking.results.record import RANKING_MODE, SELECTED_CHECKPOINT
 
 # Reported by every trial: the time axis of the phase-aware scheduler. Tune's `training_iteration` counts
 # report() calls, which only happens to equal epochs.

@@ -1,6 +1,6 @@
 """The paper's analyses (case study, attention maps, cluster plots) of a tiny run on the demo set: the attention rows
 are distributions over the positions they cover and do not depend on how posts were batched, the case study lists
-exactly the disagreements, the projection has one point per test post, and `python -m tracking.analyse` writes its
+exactly the disagreements, the projection has one point per test post, and `python -m analyses` writes its
 files and reuses its text-only counterpart."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from tolerances import ATTENTION_PADDING_TOLERANCE, REPRESENTATION_PADDING_TOLERANCE
 
+from analyses.cli import main
+from analyses.figures import attention_figure, case_study_figure
 from clmlf.analysis import SplitAnalysis, analyse_split, disagreements
 from clmlf.config import build_config
 from clmlf.data import load_dataset
 from clmlf.evaluate import load_checkpoint
 from clmlf.train import train
-from tracking.analyse import main
-from tracking.analyses.figures import attention_figure, case_study_figure
 
 # Two batches per epoch keep the run and its text-only counterpart at seconds; dev and test stay whole.
 FAST = {"max_train_batches": 2}

@@ -36,9 +36,9 @@ from clmlf.model import CLMLF
 from clmlf.precision import resolve_precision
 from clmlf.text_augment import swap_and_delete
 from clmlf.train import Run, main
+from results import storage
 from studies import layer_sweep
-from tracking import storage
-from tracking.results.mlflow_runs import child_runs
+from tracking.mlflow_runs import child_runs
 
 ROWS = {"train": make_aspect_rows("train", 6), "dev": make_aspect_rows("dev", 3), "test": make_aspect_rows("test", 3)}
 

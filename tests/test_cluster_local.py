@@ -25,10 +25,10 @@ from conftest import free_port, start_logged, stop_process_group, wait_until_ans
 from mlflow.tracking import MlflowClient
 from test_cluster_config import mlflow_server_command_from_cluster_yaml
 
+from results.storage import TRIALS_FILE
 from studies import cli, layer_sweep, runner
 from tracking.mlflow_logging import experiment_name
-from tracking.results.mlflow_runs import child_runs
-from tracking.storage import TRIALS_FILE
+from tracking.mlflow_runs import child_runs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -62,7 +62,7 @@ def test_help_prints_usage_without_importing_heavy_libraries(name):
     "command",
     [
         ["studies/layer_sweep.py"], ["studies/search.py"], ["studies/ablation.py"], ["studies/confirm.py"],
-        ["-m", "tracking.report"], ["-m", "clmlf.convert"],
+        ["-m", "report"], ["-m", "clmlf.convert"],
     ],
 )  # fmt: skip
 def test_the_script_and_module_forms_keep_working(command):

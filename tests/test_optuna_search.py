@@ -22,8 +22,8 @@ import pytest
 import ray
 from conftest import SMOKE_SEARCH_NAME, FinishedStudy, start_logged, stop_process_group
 
+from report import write_study_report
 from studies import search
-from tracking.report import write_study_report
 
 VENV_BIN = Path(sys.executable).parent
 DASHBOARD_START_TIMEOUT_S = 120

@@ -28,7 +28,7 @@ from clmlf.device import CPU_BF16_VARIABLE, resolve_device
 from clmlf.evaluate import load_checkpoint
 from clmlf.precision import resolve_precision
 from clmlf.train import CHECKPOINT_FILE, Run, train
-from tracking.results.mlflow_runs import child_runs
+from tracking.mlflow_runs import child_runs
 
 IMAGE_SIZE = SMALL_DEMO_SIZES_AND_IMAGE[1]
 

@@ -29,11 +29,11 @@ from PIL import Image
 from scipy import stats
 
 from clmlf.config import build_config, load_config_file
-from tracking.report import write_study_report
-from tracking.report.cli import main
-from tracking.report.figures import BAND_LABEL, layer_curves_figure
-from tracking.results.ranking import rank_configurations
-from tracking.results.record import CONFIG_KEYS, ResultsError, TrialRecord
+from report import write_study_report
+from report.cli import main
+from report.figures import BAND_LABEL, layer_curves_figure
+from results.ranking import rank_configurations
+from results.record import CONFIG_KEYS, ResultsError, TrialRecord
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -526,10 +526,10 @@ def test_the_figure_3_bands_are_the_confidence_intervals_and_the_legend_says_so(
     assert not np.isclose(vertices[:, 0], 3).any()
 
 
-REPORT_MODULES = ("tracking.report", "tracking.report.cli", "tracking.report.files", "tracking.report.page",
-                  "tracking.report.figures", "tracking.report.paper", "tracking.report.analyses",
-                  "tracking.results.ranking", "tracking.results.comparison", "tracking.results.mlflow_runs",
-                  "tracking.results.tune_folder")  # fmt: skip
+REPORT_MODULES = ("report", "report.cli", "report.files", "report.page",
+                  "report.figures", "report.paper", "report.analyses",
+                  "results.ranking", "results.comparison", "tracking.mlflow_runs",
+                  "results.tune_folder")  # fmt: skip
 
 
 def test_building_a_report_imports_neither_the_trainer_nor_torch_nor_the_studies(
@@ -541,7 +541,7 @@ def test_building_a_report_imports_neither_the_trainer_nor_torch_nor_the_studies
     program = (
         "import json, sys\n"
         f"import {', '.join(REPORT_MODULES)}\n"
-        "from tracking.report import write_study_report\n"
+        "from report import write_study_report\n"
         f"write_study_report({str(tmp_path / 'out')!r}, tracking_uri={store['uri']!r},\n"
         f"                   experiment_names={experiments!r})\n"
         "print(json.dumps(sorted(sys.modules)))\n"
@@ -552,10 +552,10 @@ def test_building_a_report_imports_neither_the_trainer_nor_torch_nor_the_studies
     assert completed.returncode == 0, completed.stderr[-3000:]
     imported = set(json.loads(completed.stdout.strip().splitlines()[-1]))
     assert (tmp_path / "out" / "demo" / "report.html").is_file()
-    assert "tracking.report.files" in imported and "tracking.results.comparison" in imported
+    assert "report.files" in imported and "results.comparison" in imported
     # Ray is read (Tune's folders, through ray.tune.ExperimentAnalysis); nothing that trains or runs a model is.
     assert not {"clmlf.train", "clmlf.model", "clmlf.evaluate", "clmlf.analysis", "torch"} & imported
-    assert not [name for name in imported if name == "studies" or name.startswith(("studies.", "tracking.analyses"))]
+    assert not [name for name in imported if name == "studies" or name.startswith(("studies.", "analyses"))]
 
 
 def test_a_report_without_analysis_files_renders_and_names_the_command(report: dict[str, Path]) -> None:
@@ -563,7 +563,7 @@ def test_a_report_without_analysis_files_renders_and_names_the_command(report: d
     section = page[page.index("The best model&#x27;s analyses") :]
     section = section[: section.index("<h2>")] if "<h2>" in section else section
     assert "Not drawn" in section
-    assert html.escape("python -m tracking.analyse <study folder>") in section
+    assert html.escape("python -m analyses <study folder>") in section
     assert "case-study" not in page
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from tracking.report import write_study_report
-from tracking.results.mlflow_runs import read_mlflow_trials
-from tracking.results.ranking import rank, summary_frame
-from tracking.results.record import ResultsError, TrialRecord
-from tracking.results.tune_folder import read_tune_trials
+from report import write_study_report
+from results.ranking import rank, summary_frame
+from results.record import ResultsError, TrialRecord
+from results.tune_folder import read_tune_trials
+from tracking.mlflow_runs import read_mlflow_trials
 
 RECORD_FIELDS = ("status", "config", "metrics", "failure", "retries", "study_kind", "study_name", "dataset")
 
@@ -229,7 +229,7 @@ def test_the_study_exports_its_comparison_and_the_parent_run_carries_it(smoke_sw
 
 @pytest.mark.slow
 def test_a_study_folder_is_analysed_by_the_command_reusing_its_counterpart(smoke_sweep, tmp_path, capsys):
-    from tracking.analyse import main as analyse
+    from analyses.cli import main as analyse
 
     copy = tmp_path / "sweep"
     shutil.copytree(study_folder(smoke_sweep), copy)

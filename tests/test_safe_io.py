@@ -22,7 +22,7 @@ import torch
 from clmlf.config import build_config
 from clmlf.safe_files import UnreadableFile, check_plain, load_tensors, replaced_atomically, save_tensors
 from clmlf.train import CHECKPOINT_FILE, train
-from tracking import storage
+from results import storage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 UNRESTRICTED_ON_PURPOSE = "unrestricted load, on purpose"

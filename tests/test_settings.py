@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from results.storage import hide_password
 from studies import cli, layer_sweep
-from tracking.uri import hide_password, resolve_ray_address, resolve_tracking_uri
+from tracking.uri import resolve_ray_address, resolve_tracking_uri
 
 VARIABLES = ("CLMLF_TRACKING_URI", "MLFLOW_TRACKING_URI", "CLMLF_RAY_ADDRESS", "RAY_ADDRESS")
 

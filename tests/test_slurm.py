@@ -30,10 +30,10 @@ from conftest import free_port, start_logged
 from mlflow.tracking import MlflowClient
 from test_cluster_local import ray_environment, result_rows
 
+from results.storage import TRIALS_FILE
 from studies import layer_sweep
 from tracking.mlflow_logging import experiment_name
-from tracking.results.mlflow_runs import child_runs
-from tracking.storage import TRIALS_FILE
+from tracking.mlflow_runs import child_runs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SBATCH_SCRIPT = PROJECT_ROOT / "slurm" / "clmlf-study.sbatch"

@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 from clmlf.config import build_config
-from tracking.results.comparison import listing, p_text
-from tracking.results.ranking import rank
-from tracking.results.record import TrialRecord
-from tracking.results.statistics import compare_with_best, estimate, holm, paired_comparison, top_group
+from results.comparison import listing, p_text
+from results.ranking import rank
+from results.record import TrialRecord
+from results.statistics import compare_with_best, estimate, holm, paired_comparison, top_group
 
 
 def test_the_interval_is_students_t_around_the_mean():

@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from clmlf.config import TrainConfig, build_config, load_config_file
+from results import storage
+from results.tune_folder import read_tune_trials
 from studies import ablation, cli, confirm, layer_sweep, search, trainable
-from tracking import storage
-from tracking.results.mlflow_runs import child_runs, read_mlflow_trials
-from tracking.results.tune_folder import read_tune_trials
+from tracking.mlflow_runs import child_runs, read_mlflow_trials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]

@@ -21,11 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from clmlf import evaluate
 from clmlf.config import TrainConfig, build_config
+from results import storage
+from results.record import describe_values, error_summary, latest_failure
 from studies import cli, layer_sweep, search
-from tracking import storage, train_run
+from tracking import train_run
 from tracking.mlflow_logging import registered_model_name, runs_page, trainer_metrics
-from tracking.results.mlflow_runs import child_runs
-from tracking.results.record import describe_values, error_summary, latest_failure
+from tracking.mlflow_runs import child_runs
 from tracking.run_artifacts import classification_report
 
 SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]

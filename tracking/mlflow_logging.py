@@ -36,15 +36,16 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from tracking.results.record import (
+from results.record import (
     RANKING_METRIC,
     RANKING_MODE,
     SELECTED_SPLITS,
     clean_error,
     latest_failure,
 )
+from results.storage import hide_password
 from tracking.run_artifacts import classification_report, confusion_matrix_figure, label_names_of
-from tracking.uri import TrackingUnavailable, hide_password
+from tracking.uri import TrackingUnavailable
 
 # The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracking.results.record import OVERALL_METRICS, SELECTED_SPLITS
+from results.record import OVERALL_METRICS, SELECTED_SPLITS
 
 
 def label_names_of(dataset: str, snapshot: dict[str, Any]) -> list[str]:

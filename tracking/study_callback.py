@@ -12,8 +12,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from results.record import describe_values
 from tracking.mlflow_logging import RunRecorder, StudyRun, source_tags, study_source, trial_run_id
-from tracking.results.record import describe_values
 
 
 class MlflowStudyCallback(Callback):

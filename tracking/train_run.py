@@ -21,7 +21,8 @@ from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
 from clmlf.safe_files import write_text_atomically
 from clmlf.train_command import parse_arguments
-from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, hide_password, resolve_tracking_uri
+from results.storage import hide_password
+from tracking.uri import TRACKING_URI_HELP, TrackingUnavailable, resolve_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
 STUDY = "standalone"

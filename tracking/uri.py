@@ -10,7 +10,6 @@ what other tools on the same machine use.
 from __future__ import annotations
 
 import os
-import urllib.parse
 from pathlib import Path
 
 TRACKING_URI_VARIABLES = ("CLMLF_TRACKING_URI", "MLFLOW_TRACKING_URI")
@@ -41,23 +40,6 @@ def resolve_tracking_uri(flag: str | None = None) -> str:
 def resolve_ray_address(flag: str | None = None) -> str | None:
     """--address, else $CLMLF_RAY_ADDRESS, else $RAY_ADDRESS, else None (a local Ray started by the command)."""
     return setting(flag, RAY_ADDRESS_VARIABLES, None)
-
-
-def hide_password(text: str) -> str:
-    """A URL with its password replaced by ***, for MLflow and printed lines; anything else as it is."""
-    if "://" not in text:
-        return text
-    parts = urllib.parse.urlsplit(text)
-    if not parts.password:
-        return text
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def with_password(saved: str, given: str) -> str:
-    """A URI saved with its password hidden, completed from the URI given now (flag or environment) where that
-    names the same store; otherwise `saved` as it is."""
-    return given if hide_password(given) == saved else saved
 
 
 TRACKING_URI_HELP = "MLflow tracking URI (default $CLMLF_TRACKING_URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db)"

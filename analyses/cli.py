@@ -1,16 +1,16 @@
-"""`python -m tracking.analyse FOLDER`: the paper's analyses of one finished training run (a folder written by
+"""`python -m analyses FOLDER`: the paper's analyses of one finished training run (a folder written by
 `python -m clmlf.train --output FOLDER` or `python -m tracking.train_run`) or of a finished study's best model (its
 folder, `<storage>/<name>`: the checkpoint it kept of its best trial's selected epoch), written to FOLDER/analysis/.
 
-    python -m tracking.analyse runs/demo
-    python -m tracking.analyse runs/demo --text-only runs/demo-text --layer 0 --head 2 --tokens happy,dog
-    python -m tracking.analyse runs/tune/layer_sweep-demo-20261128-081114
+    python -m analyses runs/demo
+    python -m analyses runs/demo --text-only runs/demo-text --layer 0 --head 2 --tokens happy,dog
+    python -m analyses runs/tune/layer_sweep-demo-20261128-081114
 
 The case study (Figure 4) and the cluster plots (Figure 6) compare the model with its text-only counterpart:
 --text-only names a finished text-only run; without it, the counterpart of the model's config is trained once into
 FOLDER/analysis/text-only and reused next time. Where the run or the study was logged to MLflow (mlflow_run.json,
 mlflow_parent_run.json), the files go onto that run as artifacts under analysis/. A study's report shows them
-(`python -m tracking.report --tune-dir FOLDER`); the report itself never trains.
+(`python -m report --tune-dir FOLDER`); the report itself never trains.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from clmlf.config import ConfigError, parse_overrides
 from clmlf.data import DataError
 from clmlf.encoders import EncoderUnavailable
 from clmlf.train import CheckpointMismatch
-from tracking.storage import ANALYSIS_FOLDER, PARENT_RUN_FILE
-from tracking.uri import hide_password, resolve_tracking_uri, with_password
+from results.storage import ANALYSIS_FOLDER, PARENT_RUN_FILE, hide_password, with_password
+from tracking.uri import resolve_tracking_uri
 
 ANALYSIS_ARTIFACTS = "analysis"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tracking.analyse", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m analyses", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "run_dir", type=Path, help="a finished run's folder (result.json, checkpoint/) or a finished study's folder"
     )
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     arguments = parser.parse_args(argv)
 
-    from tracking.analyses.outputs import AnalysisSettings, analyse, text_only_counterpart, write
-    from tracking.analyses.study import best_trial_checkpoint, is_study_folder
+    from analyses.outputs import AnalysisSettings, analyse, text_only_counterpart, write
+    from analyses.study import best_trial_checkpoint, is_study_folder
 
     output = arguments.run_dir / ANALYSIS_FOLDER
     study = is_study_folder(arguments.run_dir)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(f"  {path}")
     if study:
-        print(f"the study's report shows them: python -m tracking.report --tune-dir {arguments.run_dir} --output ...")
+        print(f"the study's report shows them: python -m report --tune-dir {arguments.run_dir} --output ...")
     log_to_mlflow_run(arguments.run_dir, output, study)
     return 0
 

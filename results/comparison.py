@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tracking.results.record import RANKING_METRIC, describe_values
-from tracking.results.statistics import (
+from results.record import RANKING_METRIC, describe_values
+from results.statistics import (
     ALPHA,
     CONFIDENCE,
     Comparison,
@@ -24,7 +24,7 @@ from tracking.results.statistics import (
 )
 
 if TYPE_CHECKING:
-    from tracking.results.ranking import Configuration
+    from results.ranking import Configuration
 
 # How the comparisons are made, in words: the sentence, the report and the docs say it the same way.
 METHOD = "paired t-test on the seeds both ran, Holm-adjusted over the comparisons with the best"

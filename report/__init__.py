@@ -1,13 +1,13 @@
-"""Study reports: read finished studies from MLflow and from their Tune folders (tracking/results/), rank the
+"""Study reports: read finished studies from MLflow and from their Tune folders (results/), rank the
 configurations by their mean dev score over seeds (never by test), compare each with the best, and write per data set
 the best configuration (loadable by the trainer) with the top group, a summary table and one self-contained HTML page
 with the layer curves, the loss-weight effects, Optuna's parameter importances, the best configurations next to the
 paper's rows, the best model's analyses, the ablation next to the paper's Table 3 and the confirmation runs next to
-its Table 1 (Table 6 for the aspect-based Twitter sets). `python -m tracking.report` is the command line
-(tracking/report/cli.py).
+its Table 1 (Table 6 for the aspect-based Twitter sets). `python -m report` is the command line
+(report/cli.py).
 
 A report renders results; it never trains. What needs a model run (the best model's analyses) is drawn when a study
-concludes or by `python -m tracking.analyse`, into files that the report reads.
+concludes or by `python -m analyses`, into files that the report reads.
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ def write_study_report(
     named parent runs' children and the named experiments' trial runs, or, when neither is named, every
     `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`).
 
-    analysis_dirs: folders of analyses already drawn (analysis.json and figures, tracking/analyses/); the
+    analysis_dirs: folders of analyses already drawn (analysis.json and figures, analyses/); the
     `analysis/` folder of each local study folder among `tune_dirs` is read too. Each data set's page shows those of
     its models, or says which command draws them.
     """
     # Imported here so that the command line's --help needs neither MLflow, Ray nor matplotlib.
-    from tracking.report.analyses import read_analysis
-    from tracking.report.files import write_dataset_report
-    from tracking.results.mlflow_runs import read_mlflow_trials
-    from tracking.results.ranking import rank, without_duplicates
-    from tracking.results.record import ResultsError
-    from tracking.results.tune_folder import read_tune_trials
+    from report.analyses import read_analysis
+    from report.files import write_dataset_report
+    from results.ranking import rank, without_duplicates
+    from results.record import ResultsError
+    from results.tune_folder import read_tune_trials
+    from tracking.mlflow_runs import read_mlflow_trials
     from tracking.uri import resolve_tracking_uri
 
     trials = []
@@ -74,7 +74,7 @@ def write_study_report(
 
 def study_analysis_dirs(tune_dirs: list[Path]) -> list[Path]:
     """The `analysis/` folder of each local study folder among `tune_dirs` (or directly inside one of them)."""
-    from tracking import storage
+    from results import storage
 
     folders = []
     for tune_dir in tune_dirs:

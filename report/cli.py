@@ -1,4 +1,4 @@
-"""`python -m tracking.report`: write the report of finished studies from MLflow and/or their Tune folders."""
+"""`python -m report`: write the report of finished studies from MLflow and/or their Tune folders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tracking.uri import TRACKING_URI_HELP
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tracking.report",
+        prog="python -m report",
         description="Write per data set best_config.json, summary.csv/.md and report.html from finished studies.",
     )
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
@@ -27,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         type=Path,
-        help="a folder of analyses already drawn (python -m tracking.analyse writes <folder>/analysis): shows them; "
+        help="a folder of analyses already drawn (python -m analyses writes <folder>/analysis): shows them; "
         "a --tune-dir study's own analysis/ is read without it",
     )
     parser.add_argument("--output", required=True, type=Path, help="folder for <dataset>/ report folders")
     args = parser.parse_args(argv)
 
-    from tracking.report import write_study_report
-    from tracking.results.record import ResultsError
+    from report import write_study_report
+    from results.record import ResultsError
 
     try:
         write_study_report(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ REPORT_FOLDER = "report"
 CLAIM_FILE = "study.claim"
 # Every configuration's interval and comparison with the best, the top group and the study's conclusion.
 COMPARISON_FILE = "comparison.json"
-# The best model's analyses (tracking/analyses/), drawn when the study concludes or by `python -m tracking.analyse`.
+# The best model's analyses (analyses/), drawn when the study concludes or by `python -m analyses`.
 ANALYSIS_FOLDER = "analysis"
 
 
@@ -149,3 +150,20 @@ def read_json_object(location: str) -> dict[str, Any] | None:
     if not isinstance(content, dict):
         raise ValueError(f"{location}: expected a JSON object, found {type(content).__name__}")
     return content
+
+
+def hide_password(text: str) -> str:
+    """A URL with its password replaced by ***, for MLflow and printed lines; anything else as it is."""
+    if "://" not in text:
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if not parts.password:
+        return text
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def with_password(saved: str, given: str) -> str:
+    """A URI saved with its password hidden, completed from the URI given now (flag or environment) where that
+    names the same store; otherwise `saved` as it is."""
+    return given if hide_password(given) == saved else saved

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from tracking.results.comparison import METHOD, StudyComparison, compare_configurations
-from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, RANKING_MODE, TRIAL_METRICS, TrialRecord
-from tracking.results.statistics import CONFIDENCE, Estimate, estimate
+from results.comparison import METHOD, StudyComparison, compare_configurations
+from results.record import CONFIG_KEYS, RANKING_METRIC, RANKING_MODE, TRIAL_METRICS, TrialRecord
+from results.statistics import CONFIDENCE, Estimate, estimate
 
 if TYPE_CHECKING:
     import pandas as pd

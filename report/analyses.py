@@ -1,6 +1,6 @@
 """The best model's analyses on the report page, read from the files that drew them (analysis.json and the figures'
 PNGs in a study's `analysis/` folder). The report only reads them: they are drawn when a study concludes, or by
-`python -m tracking.analyse`, which need a model run; where none are found, the page says how to make them.
+`python -m analyses`, which need a model run; where none are found, the page says how to make them.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracking.report.markup import embedded_png, escape, html_table, note
+from report.markup import embedded_png, escape, html_table, note
 
 ANALYSIS_FILE = "analysis.json"
 FIGURES = ("case_study", "attention", "clusters")
 # The commands that draw the analyses (both write <folder>/analysis/).
-ANALYSE_STUDY = "python -m tracking.analyse <study folder>"
-ANALYSE_RUN = "python -m tracking.analyse <run folder>"
+ANALYSE_STUDY = "python -m analyses <study folder>"
+ANALYSE_RUN = "python -m analyses <run folder>"
 
 
 @dataclass(frozen=True)

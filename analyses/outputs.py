@@ -11,15 +11,15 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from analyses.figures import attention_figure, case_study_figure, clusters_figure
 from clmlf.analysis import SplitAnalysis, analyse_split, disagreements, projection
 from clmlf.config import TrainConfig, ablation_row
 from clmlf.evaluate import checkpoint_file, load_checkpoint
 from clmlf.memory import release_memory
 from clmlf.safe_files import load_tensors, replaced_atomically, write_bytes_atomically, write_text_atomically
 from clmlf.train import train
-from tracking.analyses.figures import attention_figure, case_study_figure, clusters_figure
-from tracking.report.analyses import FIGURES, analysis_fragment
-from tracking.report.markup import PAGE_STYLE, png_bytes
+from report.analyses import FIGURES, analysis_fragment
+from report.markup import PAGE_STYLE, png_bytes
 
 TEXT_ONLY_FOLDER = "text-only"
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "<s>", "</s>")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracking import storage
-from tracking.uri import hide_password
+from results import storage
+from results.storage import hide_password
 
 OPTUNA_STUDY_FILE = "optuna_study.json"
 OPTUNA_DATABASE = "optuna.db"

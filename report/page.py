@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tracking.report.analyses import AnalysisFiles, analysis_fragment, missing_analyses_note
-from tracking.report.figures import importances_html, layer_curves_html, loss_effects_html
-from tracking.report.markup import PAGE_STYLE, escape, html_table, note, section
-from tracking.report.paper import ablation_html, confirmation_html, studies_vs_paper_html
-from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows, text, top_group_rows
-from tracking.results.comparison import METHOD, estimate_text
-from tracking.results.ranking import RANKING_RULE, Ranking
-from tracking.results.record import RANKING_METRIC, f1_metric_of
+from report.analyses import AnalysisFiles, analysis_fragment, missing_analyses_note
+from report.figures import importances_html, layer_curves_html, loss_effects_html
+from report.markup import PAGE_STYLE, escape, html_table, note, section
+from report.paper import ablation_html, confirmation_html, studies_vs_paper_html
+from report.tables import failed_rows, retried_rows, studies_of, summary_rows, text, top_group_rows
+from results.comparison import METHOD, estimate_text
+from results.ranking import RANKING_RULE, Ranking
+from results.record import RANKING_METRIC, f1_metric_of
 
 
 def report_html(ranking: Ranking, analyses: Sequence[AnalysisFiles] = (), searched: Sequence[Path] = ()) -> str:

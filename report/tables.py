@@ -6,9 +6,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from tracking.results.comparison import interval_text, p_value_text
-from tracking.results.ranking import Ranking, metric_column
-from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, TrialRecord, error_summary
+from results.comparison import interval_text, p_value_text
+from results.ranking import Ranking, metric_column
+from results.record import RANKING_METRIC, TRIAL_METRICS, TrialRecord, error_summary
 
 
 def text(value: Any) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ray.tune import Checkpoint, ExperimentAnalysis, Tuner
 
-from tracking import storage
-from tracking.optuna_study import recorded_location
-from tracking.results.record import SELECTED_CHECKPOINT, STUDY_KINDS, ResultsError, TrialRecord, make_record
+from results import storage
+from results.optuna_study import recorded_location
+from results.record import SELECTED_CHECKPOINT, STUDY_KINDS, ResultsError, TrialRecord, make_record
 
 
 def read_tune_trials(location: str | Path) -> list[TrialRecord]:

@@ -12,9 +12,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tracking.optuna_study import STORAGE_TAG
-from tracking.results.record import ResultsError, TrialRecord, make_record
-from tracking.uri import hide_password
+from results.optuna_study import STORAGE_TAG
+from results.record import ResultsError, TrialRecord, make_record
+from results.storage import hide_password
 
 # MLflow's run status in Tune's words, for runs without the clmlf.status tag.
 _TUNE_STATUS_OF_RUN = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "ERROR"}

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from clmlf.safe_files import write_text_atomically
-from tracking.report.analyses import AnalysisFiles, analyses_for
-from tracking.report.page import report_html
-from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows
-from tracking.results.comparison import estimate_text
-from tracking.results.ranking import RANKING_RULE, RERUN, Ranking, best_config_document, summary_frame
-from tracking.results.record import CONFIG_KEYS, RANKING_METRIC, TEST_METRICS
+from report.analyses import AnalysisFiles, analyses_for
+from report.page import report_html
+from report.tables import failed_rows, retried_rows, studies_of, summary_rows
+from results.comparison import estimate_text
+from results.ranking import RANKING_RULE, RERUN, Ranking, best_config_document, summary_frame
+from results.record import CONFIG_KEYS, RANKING_METRIC, TEST_METRICS
 
 BEST_CONFIG = "best_config.json"
 PROVENANCE = "best_config.provenance.json"

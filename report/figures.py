@@ -11,12 +11,12 @@ import optuna
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from tracking import optuna_study
-from tracking.optuna_study import StoredStudy
-from tracking.report.markup import escape, figure_image, html_table, note
-from tracking.results.ranking import Ranking, varying_keys
-from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of
-from tracking.results.statistics import CONFIDENCE, estimate
+from report.markup import escape, figure_image, html_table, note
+from results import optuna_study
+from results.optuna_study import StoredStudy
+from results.ranking import Ranking, varying_keys
+from results.record import RANKING_METRIC, TrialRecord, f1_metric_of
+from results.statistics import CONFIDENCE, estimate
 
 LOSS_PARAMETERS = ("temperature", "lbcl_weight", "dbcl_weight")
 LAYER_PARAMETERS = {"model.fusion_layers": "fusion layers", "model.image_layers": "image layers"}

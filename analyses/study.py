@@ -1,14 +1,14 @@
 """The analyses of a study's best model: the checkpoint the study kept of its best trial's selected epoch, against
 its text-only counterpart, drawn into `<study folder>/analysis/` when the study concludes (studies/runner.py) or
-later with `python -m tracking.analyse <study folder>`. The report only reads these files."""
+later with `python -m analyses <study folder>`. The report only reads these files."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from tracking import storage
-from tracking.analyses.outputs import TEXT_ONLY_FOLDER, AnalysisSettings, analyse, text_only_counterpart, write
+from analyses.outputs import TEXT_ONLY_FOLDER, AnalysisSettings, analyse, text_only_counterpart, write
+from results import storage
 
 
 def analyse_best_model(
@@ -31,8 +31,8 @@ def best_trial_checkpoint(study_folder: Path) -> tuple[str, Path]:
     its selected epoch; ValueError where the study has no completed trial or kept no checkpoint for it."""
     from ray.tune import ExperimentAnalysis
 
-    from tracking.results.ranking import rank_configurations
-    from tracking.results.tune_folder import read_study_folder, selected_checkpoint
+    from results.ranking import rank_configurations
+    from results.tune_folder import read_study_folder, selected_checkpoint
 
     configurations = rank_configurations(read_study_folder(str(study_folder)))
     if not configurations:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from clmlf.config import VARIANTS
 from clmlf.paper_results import PAPER_RESULTS, PaperResult, tables_label
-from tracking.report.markup import html_table, note, section
-from tracking.results.ranking import Configuration, Ranking, rank_configurations
-from tracking.results.record import RANKING_METRIC, TrialRecord, f1_metric_of
+from report.markup import html_table, note, section
+from results.ranking import Configuration, Ranking, rank_configurations
+from results.record import RANKING_METRIC, TrialRecord, f1_metric_of
 
 # Table 3's rows, in its order.
 ABLATION_ORDER = ("text-only", "image-only", "mlf", "mlf-lbcl", "mlf-dbcl", "full")

@@ -1,5 +1,0 @@
-import sys
-
-from tracking.report.cli import main
-
-sys.exit(main())
