@@ -33,6 +33,7 @@ from studies.live_view import StudyProgress
 from studies.summary import print_summary
 from studies.trainable import SELECTED_CHECKPOINT, train_trial, trial_dirname
 from tracking import optuna_study, storage
+from tracking.failpoints import failpoint
 from tracking.mlflow_logging import (
     StudyRun,
     check_tracking_uri,
@@ -196,6 +197,7 @@ class Study:
         config; export the outputs to the study folder and the parent run, with the best trial's model; close the
         parent run. Returns the script's exit status."""
         assert self.parent is not None
+        failpoint("study_end")
         self.records = read_study_folder(self.path)
         ranking = rank(self.dataset, self.records)
         print_summary(self.kind, self.dataset, self.base, ranking, table_keys, show_trials)

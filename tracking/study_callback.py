@@ -12,6 +12,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from tracking.failpoints import failpoint
 from tracking.mlflow_logging import RunRecorder, StudyRun, source_tags, study_source, trial_run_id
 from tracking.results.record import describe_values
 
@@ -109,17 +110,21 @@ class MlflowStudyCallback(Callback):
                 },
             )
             recorder = RunRecorder(self.client, run.info.run_id, study_run.dataset)
+            failpoint("trial_run_created")
             recorder.log_params(config)
         self._recorders[trial.trial_id] = recorder
         return recorder
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        failpoint("trial_start")
         self._guarded("start", trial, lambda: self._recorder(trial))
 
     def on_trial_restore(self, iteration: int, trials: list, trial, **info) -> None:
         self._guarded("restore", trial, lambda: self._recorder(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        failpoint("trial_result")
+
         def log() -> None:
             recorder = self._recorder(trial)
             placement = (str(result.get("trial/node", "")), str(result.get("trial/device", "")))
