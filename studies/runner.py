@@ -34,12 +34,21 @@ from studies.summary import print_summary
 from studies.trainable import SELECTED_CHECKPOINT, train_trial, trial_dirname
 from tracking import optuna_study, storage
 from tracking.failpoints import failpoint
+from tracking.mlflow_backlog import (
+    MODEL_URI_TOKEN,
+    Backlog,
+    BacklogBusy,
+    BacklogSender,
+    backlog_path,
+    register,
+    replay_command,
+    unregister,
+    use_short_client_requests,
+)
 from tracking.mlflow_logging import (
     StudyRun,
     check_tracking_uri,
-    finish_study_run,
     log_best_model,
-    log_study_outputs,
     reopen_study_run,
     runs_page,
     start_study_run,
@@ -50,6 +59,7 @@ from tracking.results.ranking import rank
 from tracking.results.record import RANKING_METRIC, TrialRecord, describe_values, trials_frame
 from tracking.results.tune_folder import read_study_folder
 from tracking.study_callback import MlflowStudyCallback
+from tracking.study_reconcile import drop_records_of_unknown_trials, reconcile, tune_trials
 from tracking.uri import hide_password, resolve_tracking_uri
 
 RETRIES_PER_TRIAL = 2
@@ -61,6 +71,9 @@ FORWARDED_VARIABLES = ("CLMLF_CACHE_DIR", "CLMLF_DATA_ROOT", "HF_HOME", "HF_HUB_
 # encoder files stay warm.
 TRIAL_PROCESSES: dict[str, Any] = {"trial_dirname_creator": trial_dirname, "reuse_actors": True}
 FINISHED_STATUSES = ("TERMINATED", "ERROR")
+# How long the study's end waits for its MLflow backlog to be sent (it stops waiting at once when the server does not
+# answer: what is left waits in the backlog for a replay or a resume).
+DRAIN_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -82,6 +95,9 @@ class Study:
     trainable: Any = None
     # The study's trials as read back after fit(), by conclude().
     records: list[TrialRecord] = field(default_factory=list)
+    # What the study logs to MLflow, on disk until sent, and the thread that sends it (tracking/mlflow_backlog.py).
+    backlog: Backlog | None = None
+    sender: BacklogSender | None = None
 
     @property
     def path(self) -> str:
@@ -98,12 +114,16 @@ class Study:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # Tune's own table ignores a progress reporter; the study's live view (studies/live_view.py) is one.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # MLflow requests of the driver give up within seconds; what they carried waits in the backlog.
+        use_short_client_requests()
         start_ray(self.arguments.address)
         try:
             resources = trial_resources(self.arguments)
             self.trainable = tune.with_resources(tune.with_parameters(train_trial, base=self.base), resources)
             self._open_parent_run(tracking_uri)
+            self._open_backlog()
         except BaseException:
+            self._close_backlog()
             ray.shutdown()
             raise
         assert self.parent is not None
@@ -112,7 +132,61 @@ class Study:
         return self
 
     def __exit__(self, *exception: object) -> None:
+        self._close_backlog()
         ray.shutdown()
+
+    def _open_backlog(self) -> None:
+        """The study's MLflow backlog and its sender. A resumed study first sends what an earlier driver left, less
+        the records of trials that Tune no longer has."""
+        assert self.parent is not None
+        try:
+            self.backlog = Backlog(backlog_path(self.path))
+        except BacklogBusy as error:
+            message = f"--name {self.arguments.name}: {error}; is a driver of this study still running?"
+            raise StudyInputError(message) from error
+        if self.arguments.resume:
+            known = {trial.trial_id for trial in tune_trials(self.path)}
+            dropped = drop_records_of_unknown_trials(self.backlog, known)
+            if dropped:
+                print(f"MLflow: {dropped} unsent record(s) of trials that Tune does not have, or of the earlier "
+                      f"driver's end, dropped from {self.backlog.path}")  # fmt: skip
+        if len(self.backlog):
+            print(f"MLflow: {len(self.backlog)} record(s) that an earlier driver did not send are sent first "
+                  f"({self.backlog.path})")  # fmt: skip
+        self.sender = BacklogSender(self.backlog, self.parent)
+        register(self.backlog, self.sender)
+        self.sender.start()
+
+    def _close_backlog(self) -> None:
+        """Stop the sender; name what was not sent and how to send it."""
+        if self.backlog is None:
+            return
+        if self.sender is not None:
+            self.sender.stop()
+        unregister(self.backlog)
+        waiting = len(self.backlog)
+        if waiting:
+            print(f"\nMLflow: {waiting} record(s) of this study were not sent; they wait in {self.backlog.path}. "
+                  f"Send them with: {replay_command(self.path)} (a --resume of the study sends them too)",
+                  file=sys.stderr)  # fmt: skip
+        self.backlog.close()
+        self.backlog = self.sender = None
+
+    def settle_mlflow(self) -> bool:
+        """At the study's end: send the backlog, then make MLflow agree with the Tune folder (tracking/
+        study_reconcile.py) and send that too. Returns whether MLflow now holds everything."""
+        assert self.backlog is not None and self.sender is not None and self.parent is not None
+        if not self.sender.drain(DRAIN_TIMEOUT_S):
+            return False
+        try:
+            settled = reconcile(self.path, self.parent, self.backlog, driver_goes_on=False)
+        except Exception as error:  # the store decides what it raises; the Tune folder holds the study
+            print(f"warning: MLflow was not compared with the Tune folder ({type(error).__name__}); "
+                  f"{replay_command(self.path)} does it", file=sys.stderr)  # fmt: skip
+            return False
+        for line in settled.lines():
+            print(f"MLflow: {line}")
+        return self.sender.drain(DRAIN_TIMEOUT_S)
 
     def _check(self) -> str:
         """A new study needs a free folder, a resumed one its saved state; returns the tracking URI."""
@@ -172,7 +246,7 @@ class Study:
             name=self.arguments.name,
             storage_path=self.arguments.storage_path,
             callbacks=[
-                MlflowStudyCallback(self.parent, self.base),
+                MlflowStudyCallback(self.parent, self.base, backlog_path(self.path)),
                 RetryPolicy(self.arguments.name, RETRIES_PER_TRIAL),
             ],
             failure_config=tune.FailureConfig(max_failures=RETRIES_PER_TRIAL),
@@ -198,6 +272,7 @@ class Study:
         parent run. Returns the script's exit status."""
         assert self.parent is not None
         failpoint("study_end")
+        self.settle_mlflow()
         self.records = read_study_folder(self.path)
         ranking = rank(self.dataset, self.records)
         print_summary(self.kind, self.dataset, self.base, ranking, table_keys, show_trials)
@@ -214,13 +289,19 @@ class Study:
         analysis = tune.ExperimentAnalysis(self.path)
         selected = selected_checkpoint(analysis, best)
         report = export_report(self.path, self.parent, selected)
-        folders = {storage.REPORT_FOLDER: report} if report else {}
-        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders)
+        assert self.backlog is not None and self.sender is not None
+        folders = {storage.REPORT_FOLDER: str(report)} if report else {}
+        self.backlog.append("study_outputs", texts=outputs, folders=folders)
         model = self.log_model(selected, best) if selected is not None and best is not None else None
         if not self.arguments.keep_checkpoints:
             drop_finished_checkpoints(analysis, keep=selected)
         status = "KILLED" if unfinished else "FINISHED"
-        finish_study_run(self.parent, best.trial_id if best else None, best.metrics if best else {}, status=status)
+        self.backlog.append("study_end", best_trial_id=best.trial_id if best else None,
+                            metrics=best.metrics if best else {}, status=status)  # fmt: skip
+        if self.sender.drain(DRAIN_TIMEOUT_S) and model == MODEL_URI_TOKEN and best is not None:
+            model = self.sender.model_uri(best.trial_id)
+        elif model == MODEL_URI_TOKEN:
+            model = None
         best_file = storage.join(self.path, storage.BEST_CONFIG_FILE) if best else "(no best config)"
         print(f"\nexported: {best_file}, {storage.join(self.path, storage.TRIALS_FILE)}")
         print(f"MLflow: {self.parent.tracking_uri}, experiment clmlf/{self.kind}/{self.dataset}, "
@@ -241,8 +322,13 @@ class Study:
         return 0 if best is not None else 1
 
     def log_model(self, checkpoint: tune.Checkpoint, best: TrialRecord) -> str | None:
-        """The best trial's checkpoint of its selected epoch as the model of its child run; returns its URI."""
-        assert self.parent is not None
+        """The best trial's checkpoint of its selected epoch as the model of its child run; returns its URI (or
+        MODEL_URI_TOKEN for a local checkpoint, which goes through the backlog)."""
+        assert self.parent is not None and self.backlog is not None
+        if not storage.is_remote(self.path):
+            readme = model_readme(self, best, MODEL_URI_TOKEN)
+            self.backlog.append("study_model", trial_id=best.trial_id, checkpoint=checkpoint.path, readme=readme)
+            return MODEL_URI_TOKEN
 
         def log() -> str | None:
             with checkpoint.as_directory() as folder:
@@ -377,9 +463,10 @@ def export_report(experiment_path: str, study_run: StudyRun, best: tune.Checkpoi
     output = Path(experiment_path, storage.REPORT_FOLDER) if local else Path("reports", study_run.study_name)
     try:
         with best.as_directory() if best is not None else contextlib.nullcontext() as checkpoint:
+            # The Tune folder too: where MLflow lacks something of a trial, the report says so and uses the folder.
             write_study_report(
                 output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id],
-                best_checkpoint=Path(checkpoint) if checkpoint else None,
+                tune_dirs=[experiment_path], best_checkpoint=Path(checkpoint) if checkpoint else None,
                 text_only_dir=output.parent / f"{output.name}-text-only",
             )  # fmt: skip
     except Exception as error:  # the study's results are exported already; a report problem must not hide them
