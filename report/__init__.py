@@ -28,7 +28,8 @@ def write_study_report(
 
     MLflow is read when a tracking URI, parent runs or experiments are given, or when no Tune folder is: the
     named parent runs' children and the named experiments' trial runs, or, when neither is named, every
-    `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`).
+    `clmlf/...` experiment at the tracking URI (default: `tracking.uri.resolve_tracking_uri`). A trial found in both
+    is MLflow's, unless MLflow lacks something its Tune folder has (results/folder_fallback.py).
 
     analysis_dirs: folders of analyses already drawn (analysis.json and figures, analyses/); the
     `analysis/` folder of each local study folder among `tune_dirs` is read too. Each data set's page shows those of
@@ -37,20 +38,29 @@ def write_study_report(
     # Imported here so that the command line's --help needs neither MLflow, Ray nor matplotlib.
     from report.analyses import read_analysis
     from report.files import write_dataset_report
-    from results.ranking import rank, without_duplicates
+    from results.folder_fallback import merge_with_folders
+    from results.ranking import rank
     from results.record import ResultsError
     from results.tune_folder import read_tune_trials
     from tracking.mlflow_runs import read_mlflow_trials
     from tracking.uri import resolve_tracking_uri
 
-    trials = []
+    logged = []
     if parent_run_ids or experiment_names or tracking_uri or not tune_dirs:
-        trials += read_mlflow_trials(resolve_tracking_uri(tracking_uri), experiment_names, parent_run_ids)
-    for tune_dir in tune_dirs or []:
-        trials += read_tune_trials(tune_dir)
-    trials, duplicates = without_duplicates(trials)
+        try:
+            logged = read_mlflow_trials(resolve_tracking_uri(tracking_uri), experiment_names, parent_run_ids)
+        except ResultsError:
+            raise
+        except Exception as error:  # the store decides what it raises; the Tune folders still hold the studies
+            if not tune_dirs:
+                raise
+            print(f"report: MLflow could not be read ({type(error).__name__}); the report uses the Tune folder(s)")
+    from_folders = [trial for tune_dir in tune_dirs or [] for trial in read_tune_trials(tune_dir)]
+    trials, duplicates, notes = merge_with_folders(logged, from_folders)
     if duplicates:
         print(f"report: {duplicates} trial(s) found both in MLflow and in a Tune folder were counted once")
+    for line in notes:
+        print(f"report: {line}")
     if not trials:
         raise ResultsError("no trials found in the given studies (check the experiment names, run ids and folders)")
 

@@ -41,14 +41,24 @@ from studies.failures import RetryPolicy
 from studies.live_view import StudyProgress
 from studies.summary import print_summary
 from studies.trainable import SELECTED_CHECKPOINT, train_trial, trial_dirname
+from tracking.failpoints import failpoint
+from tracking.mlflow_backlog import (
+    MODEL_URI_TOKEN,
+    Backlog,
+    BacklogBusy,
+    BacklogSender,
+    backlog_path,
+    register,
+    replay_command,
+    unregister,
+    use_short_client_requests,
+)
 from tracking.mlflow_logging import (
     CONCLUSION_TAG,
     TOP_GROUP_TAG,
     StudyRun,
     check_tracking_uri,
-    finish_study_run,
     log_best_model,
-    log_study_outputs,
     register_best_model,
     reopen_study_run,
     runs_page,
@@ -56,6 +66,7 @@ from tracking.mlflow_logging import (
     tag_study_run,
 )
 from tracking.study_callback import MlflowStudyCallback
+from tracking.study_reconcile import drop_records_of_unknown_trials, reconcile, tune_trials
 from tracking.uri import resolve_tracking_uri
 
 RETRIES_PER_TRIAL = 2
@@ -67,6 +78,9 @@ FORWARDED_VARIABLES = ("CLMLF_CACHE_DIR", "CLMLF_DATA_ROOT", "HF_HOME", "HF_HUB_
 # encoder files stay warm.
 TRIAL_PROCESSES: dict[str, Any] = {"trial_dirname_creator": trial_dirname, "reuse_actors": True}
 FINISHED_STATUSES = ("TERMINATED", "ERROR")
+# How long the study's end waits for its MLflow backlog to be sent (it stops waiting at once when the server does not
+# answer: what is left waits in the backlog for a replay or a resume).
+DRAIN_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -88,6 +102,9 @@ class Study:
     trainable: Any = None
     # The study's trials as read back after fit(), by conclude().
     records: list[TrialRecord] = field(default_factory=list)
+    # What the study logs to MLflow, on disk until sent, and the thread that sends it (tracking/mlflow_backlog.py).
+    backlog: Backlog | None = None
+    sender: BacklogSender | None = None
 
     @property
     def path(self) -> str:
@@ -104,13 +121,17 @@ class Study:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # Tune's own table ignores a progress reporter; the study's live view (studies/live_view.py) is one.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # MLflow requests of the driver give up within seconds; what they carried waits in the backlog.
+        use_short_client_requests()
         claimed = not self.arguments.resume and self._claim()
         try:
             start_ray(self.arguments.address)
             resources = trial_resources(self.arguments)
             self.trainable = tune.with_resources(tune.with_parameters(train_trial, base=self.base), resources)
             self._open_parent_run(tracking_uri)
+            self._open_backlog()
         except BaseException:
+            self._close_backlog()
             ray.shutdown()
             if claimed and storage.read_text(storage.join(self.path, storage.PARENT_RUN_FILE)) is None:
                 storage.release_claim(self.path)
@@ -121,7 +142,61 @@ class Study:
         return self
 
     def __exit__(self, *exception: object) -> None:
+        self._close_backlog()
         ray.shutdown()
+
+    def _open_backlog(self) -> None:
+        """The study's MLflow backlog and its sender. A resumed study first sends what an earlier driver left, less
+        the records of trials that Tune no longer has."""
+        assert self.parent is not None
+        try:
+            self.backlog = Backlog(backlog_path(self.path))
+        except BacklogBusy as error:
+            message = f"--name {self.arguments.name}: {error}; is a driver of this study still running?"
+            raise StudyInputError(message) from error
+        if self.arguments.resume:
+            known = {trial.trial_id for trial in tune_trials(self.path)}
+            dropped = drop_records_of_unknown_trials(self.backlog, known)
+            if dropped:
+                print(f"MLflow: {dropped} unsent record(s) of trials that Tune does not have, or of the earlier "
+                      f"driver's end, dropped from {self.backlog.path}")  # fmt: skip
+        if len(self.backlog):
+            print(f"MLflow: {len(self.backlog)} record(s) that an earlier driver did not send are sent first "
+                  f"({self.backlog.path})")  # fmt: skip
+        self.sender = BacklogSender(self.backlog, self.parent)
+        register(self.backlog, self.sender)
+        self.sender.start()
+
+    def _close_backlog(self) -> None:
+        """Stop the sender; name what was not sent and how to send it."""
+        if self.backlog is None:
+            return
+        if self.sender is not None:
+            self.sender.stop()
+        unregister(self.backlog)
+        waiting = len(self.backlog)
+        if waiting:
+            print(f"\nMLflow: {waiting} record(s) of this study were not sent; they wait in {self.backlog.path}. "
+                  f"Send them with: {replay_command(self.path)} (a --resume of the study sends them too)",
+                  file=sys.stderr)  # fmt: skip
+        self.backlog.close()
+        self.backlog = self.sender = None
+
+    def settle_mlflow(self) -> bool:
+        """At the study's end: send the backlog, then make MLflow agree with the Tune folder (tracking/
+        study_reconcile.py) and send that too. Returns whether MLflow now holds everything."""
+        assert self.backlog is not None and self.sender is not None and self.parent is not None
+        if not self.sender.drain(DRAIN_TIMEOUT_S):
+            return False
+        try:
+            settled = reconcile(self.path, self.parent, self.backlog, driver_goes_on=False)
+        except Exception as error:  # the store decides what it raises; the Tune folder holds the study
+            print(f"warning: MLflow was not compared with the Tune folder ({type(error).__name__}); "
+                  f"{replay_command(self.path)} does it", file=sys.stderr)  # fmt: skip
+            return False
+        for line in settled.lines():
+            print(f"MLflow: {line}")
+        return self.sender.drain(DRAIN_TIMEOUT_S)
 
     def _check(self) -> str:
         """A new study needs a free folder, a resumed one its saved state; returns the tracking URI."""
@@ -205,7 +280,7 @@ class Study:
             name=self.arguments.name,
             storage_path=self.arguments.storage_path,
             callbacks=[
-                MlflowStudyCallback(self.parent, self.base),
+                MlflowStudyCallback(self.parent, self.base, backlog_path(self.path)),
                 RetryPolicy(self.arguments.name, RETRIES_PER_TRIAL),
             ],
             failure_config=tune.FailureConfig(max_failures=RETRIES_PER_TRIAL),
@@ -232,6 +307,8 @@ class Study:
         and the report that shows them; log and register the best trial's model; close the parent run. Returns the
         script's exit status."""
         assert self.parent is not None
+        failpoint("study_end")
+        self.settle_mlflow()
         self.records = read_study_folder(self.path)
         ranking = rank(self.dataset, self.records)
         print_summary(self.kind, self.dataset, self.base, ranking, table_keys, show_trials)
@@ -255,20 +332,27 @@ class Study:
         outputs_folder = local_outputs_folder(self.path, self.parent.study_name)
         analysis_folder = outputs_folder / storage.ANALYSIS_FOLDER
         analysis_files = guarded("the best model's analyses were not drawn", draw_analyses, selected, analysis_folder)
-        report = export_report(outputs_folder / storage.REPORT_FOLDER, self.parent, analysis_folder)
-        folders = {storage.REPORT_FOLDER: report} if report else {}
-        files = {storage.ANALYSIS_FOLDER: analysis_files} if analysis_files else {}
-        guarded("the outputs were not logged to the parent run", log_study_outputs, self.parent, outputs, folders,
-                files)  # fmt: skip
+        report = export_report(outputs_folder / storage.REPORT_FOLDER, self.parent, analysis_folder, self.path)
+        assert self.backlog is not None and self.sender is not None
+        folders = {storage.REPORT_FOLDER: str(report)} if report else {}
+        files = {storage.ANALYSIS_FOLDER: [str(path) for path in analysis_files]} if analysis_files else {}
+        self.backlog.append("study_outputs", texts=outputs, folders=folders, files=files)
         model = self.log_model(selected, best) if selected is not None and best is not None else None
-        registered = self.register_model(model, ranking) if model else None
         if not self.arguments.keep_checkpoints:
             drop_finished_checkpoints(analysis, keep=selected)
         status = "KILLED" if unfinished else "FINISHED"
         summary_tags = {CONCLUSION_TAG: comparison.sentence(), TOP_GROUP_TAG: top_group_text(comparison),
                         MLFLOW_RUN_NOTE: comparison.sentence()}  # fmt: skip
-        finish_study_run(self.parent, best.trial_id if best else None, best.metrics if best else {}, status=status,
-                         summary_metrics=run_summary(comparison), summary_tags=summary_tags)  # fmt: skip
+        self.backlog.append("study_end", best_trial_id=best.trial_id if best else None,
+                            metrics=best.metrics if best else {}, status=status,
+                            summary_metrics=run_summary(comparison), summary_tags=summary_tags)  # fmt: skip
+        if self.sender.drain(DRAIN_TIMEOUT_S) and model == MODEL_URI_TOKEN and best is not None:
+            model = self.sender.model_uri(best.trial_id)
+        elif model == MODEL_URI_TOKEN:
+            model = None
+        # The registry needs the model's run: once MLflow has taken the backlog (a study ended in an outage registers
+        # nothing, and says so below).
+        registered = self.register_model(model, ranking) if model else None
         best_file = storage.join(self.path, storage.BEST_CONFIG_FILE) if best else "(no best config)"
         print(f"\nexported: {best_file}, {storage.join(self.path, storage.TRIALS_FILE)}")
         print(f"MLflow: {self.parent.shown}, experiment clmlf/{self.kind}/{self.dataset}, "
@@ -312,8 +396,13 @@ class Study:
                        tags)  # fmt: skip
 
     def log_model(self, checkpoint: tune.Checkpoint, best: TrialRecord) -> str | None:
-        """The best trial's checkpoint of its selected epoch as the model of its child run; returns its URI."""
-        assert self.parent is not None
+        """The best trial's checkpoint of its selected epoch as the model of its child run; returns its URI (or
+        MODEL_URI_TOKEN for a local checkpoint, which goes through the backlog)."""
+        assert self.parent is not None and self.backlog is not None
+        if not storage.is_remote(self.path):
+            readme = model_readme(self, best, MODEL_URI_TOKEN)
+            self.backlog.append("study_model", trial_id=best.trial_id, checkpoint=checkpoint.path, readme=readme)
+            return MODEL_URI_TOKEN
 
         def log() -> str | None:
             with checkpoint.as_directory() as folder:
@@ -448,14 +537,16 @@ def draw_analyses(checkpoint: tune.Checkpoint | None, folder: Path) -> list[Path
         return analyse_best_model(Path(local), folder)
 
 
-def export_report(output: Path, study_run: StudyRun, analysis_folder: Path) -> Path | None:
-    """The study report (report/) in `output`, showing the analyses in `analysis_folder` where they were
-    drawn; returns its folder, or None where it could not be written."""
+def export_report(output: Path, study_run: StudyRun, analysis_folder: Path, tune_dir: str) -> Path | None:
+    """The study report (report/) in `output` from the study's MLflow runs and its Tune folder `tune_dir`, showing
+    the analyses in `analysis_folder` where they were drawn; returns its folder, or None where it could not be
+    written."""
     from report import write_study_report
 
     try:
+        # The Tune folder too: where MLflow lacks something of a trial, the report says so and uses the folder.
         write_study_report(output, tracking_uri=study_run.tracking_uri, parent_run_ids=[study_run.parent_run_id],
-                           analysis_dirs=[analysis_folder])  # fmt: skip
+                           tune_dirs=[tune_dir], analysis_dirs=[analysis_folder])  # fmt: skip
     except Exception as error:  # the study's results are exported already; a report problem must not hide them
         print(f"warning: the study report was not written: {type(error).__name__}: {error}", file=sys.stderr)
         return None

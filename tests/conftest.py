@@ -9,6 +9,8 @@ real MLflow tracking server. Both are session-scoped, since starting them costs 
   to a study script; disconnect with `ray.shutdown()`. The cluster is shut down at the end of the session.
 - `mlflow_server`: `python -m mlflow server` on a free loopback port with a SQLite store and a local artifact
   root in a tmp folder; yields its `http://127.0.0.1:<port>` URI and stops it at the end of the session.
+- `stoppable_mlflow_server`: a test's own such server (a `MlflowServer`), which the test may stop and start again on
+  the same port and store.
 - `small_demo_root`: a data root with a tiny demo set (16/8/8 posts, 32-pixel images), generated once.
 - `free_loopback_port`: a TCP port on 127.0.0.1 that nothing listens on (e.g. an unreachable server's URI).
 - `smoke_sweep`: the smoke layer sweep on two seeds, run once on `ray_cluster` with half a GPU per trial (two trials
@@ -183,26 +185,58 @@ def free_loopback_port() -> int:
     return free_port()
 
 
+class MlflowServer:
+    """`python -m mlflow server` on a loopback port with a SQLite store and a local artifact root in `folder`; it can
+    be stopped and started again on the same port and store (an outage)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log_path = self.folder / f"server-{self.starts}.log"
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--default-artifact-root", str(self.folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        # The job runner (GenAI features) starts a pool of huey workers that this test machine cannot spare.
+        self.process = start_logged(command, log_path, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        wait_until_answers(f"{self.uri}/health", self.process, log_path)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process)
+            self.process = None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server on a free loopback port; yields its URI."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log_path = folder / "server.log"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--default-artifact-root", str(folder / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    # The job runner (GenAI features) starts a pool of huey workers that this test machine cannot spare.
-    server = start_logged(command, log_path, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        wait_until_answers(f"{uri}/health", server, log_path)
-        yield uri
+        server.start()
+        yield server.uri
     finally:
-        stop_process_group(server)
+        server.stop()
+
+
+@pytest.fixture
+def stoppable_mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A test's own MLflow server, started; the test may stop and start it (the same port and store)."""
+    folder = tmp_path / "mlflow-server"
+    folder.mkdir()
+    server = MlflowServer(folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def start_logged(
