@@ -209,6 +209,16 @@ class Study:
         stored = optuna_study.recorded_location(self.path)
         if stored is not None and not unfinished:
             check_stored_study(stored, len(self.records))
+        race = storage.read_text(storage.join(self.path, storage.RACE_FILE))
+        if race is not None:
+            # The report reads a race from the parent run, as it reads the trials.
+            guarded(
+                "race.json was not logged to the parent run",
+                log_study_outputs,
+                self.parent,
+                {storage.RACE_FILE: race},
+                {},
+            )
         analysis = tune.ExperimentAnalysis(self.path)
         selected = selected_checkpoint(analysis, best)
         report = export_report(self.path, self.parent, selected)

@@ -17,6 +17,8 @@ PARENT_RUN_FILE = "mlflow_parent_run.json"
 BEST_CONFIG_FILE = "best_config.json"
 TRIALS_FILE = "trials.csv"
 REPORT_FOLDER = "report"
+# A race's rounds, drops and top group (--seeds auto; tracking/results/race.py).
+RACE_FILE = "race.json"
 
 
 def is_remote(location: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tracking.report.figures import importances_html, layer_curves_html, loss_effects_html
 from tracking.report.markup import PAGE_STYLE, escape, html_table, note, section
 from tracking.report.paper import ablation_html, confirmation_html, studies_vs_paper_html
+from tracking.report.race import races_html
 from tracking.report.tables import failed_rows, retried_rows, studies_of, summary_rows, text
 from tracking.results.ranking import RANKING_RULE, Ranking
 from tracking.results.record import RANKING_METRIC, TRIAL_METRICS, f1_metric_of
@@ -18,6 +19,7 @@ def report_html(ranking: Ranking, analyses: str | None = None) -> str:
         overview_html(ranking),
         best_config_html(ranking),
         summary_html(ranking),
+        races_html(ranking),
         layer_curves_html(ranking),
         loss_effects_html(ranking),
         importances_html(ranking),
