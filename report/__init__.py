@@ -71,7 +71,14 @@ def write_study_report(
     for dataset in datasets:
         ranking = rank(dataset, [trial for trial in trials if trial.dataset == dataset])
         folder = Path(output_dir) / _safe_name(dataset)
-        written = write_dataset_report(ranking, folder, found, searched, only_dataset=len(datasets) == 1)
+        written = write_dataset_report(
+            ranking,
+            folder,
+            found,
+            searched,
+            only_dataset=len(datasets) == 1,
+            tune_dirs=[str(tune_dir) for tune_dir in tune_dirs or []],
+        )
         folders[dataset] = folder
         print(
             f"report {dataset}: {len(ranking.completed)} completed and {len(ranking.failed)} failed trial(s) in "

@@ -30,6 +30,7 @@ def write_dataset_report(
     analyses: Sequence[AnalysisFiles] = (),
     searched: Sequence[Path] = (),
     only_dataset: bool = True,
+    tune_dirs: Sequence[str] = (),
 ) -> list[Path]:
     """The report files in `folder`. The page shows the analyses among `analyses` that belong to this data set's
     models (read from files, never drawn here); without any, it names the folders `searched` and the command that
@@ -46,7 +47,7 @@ def write_dataset_report(
     write_text_atomically(folder / "summary.csv", summary_frame(ranking).to_csv(index=False))
     write_text_atomically(folder / "summary.md", summary_markdown(ranking))
     shown = analyses_for(ranking.dataset, analyses, only_dataset)
-    write_text_atomically(folder / "report.html", report_html(ranking, shown, searched))
+    write_text_atomically(folder / "report.html", report_html(ranking, shown, searched, tune_dirs))
     return [*written, folder / COMPARISON, folder / "summary.csv", folder / "summary.md", folder / "report.html"]
 
 

@@ -9,13 +9,19 @@ from report.analyses import AnalysisFiles, analysis_fragment, missing_analyses_n
 from report.figures import importances_html, layer_curves_html, loss_effects_html
 from report.markup import PAGE_STYLE, escape, html_table, note, section
 from report.paper import ablation_html, confirmation_html, studies_vs_paper_html
+from report.race import races_html
 from report.tables import failed_rows, retried_rows, studies_of, summary_rows, text, top_group_rows
 from results.comparison import METHOD, estimate_text
 from results.ranking import RANKING_RULE, Ranking
 from results.record import RANKING_METRIC, f1_metric_of
 
 
-def report_html(ranking: Ranking, analyses: Sequence[AnalysisFiles] = (), searched: Sequence[Path] = ()) -> str:
+def report_html(
+    ranking: Ranking,
+    analyses: Sequence[AnalysisFiles] = (),
+    searched: Sequence[Path] = (),
+    tune_dirs: Sequence[str] = (),
+) -> str:
     """The page; `analyses` are the best model's analyses read from their files (`searched`: where they were
     looked for, named on the page when none were found)."""
     title = f"CLMLF study report: {ranking.dataset}"
@@ -24,6 +30,7 @@ def report_html(ranking: Ranking, analyses: Sequence[AnalysisFiles] = (), search
         overview_html(ranking),
         best_config_html(ranking),
         summary_html(ranking),
+        races_html(ranking, tune_dirs),
         layer_curves_html(ranking),
         loss_effects_html(ranking),
         importances_html(ranking),

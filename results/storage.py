@@ -21,6 +21,8 @@ PARENT_RUN_FILE = "mlflow_parent_run.json"
 BEST_CONFIG_FILE = "best_config.json"
 TRIALS_FILE = "trials.csv"
 REPORT_FOLDER = "report"
+# A race's rounds, drops and top group (--seeds auto; results/race.py).
+RACE_FILE = "race.json"
 # Created first, exclusively, by a new study: the folder is its own before it writes anything (claim_folder).
 CLAIM_FILE = "study.claim"
 # Every configuration's interval and comparison with the best, the top group and the study's conclusion.

@@ -12,6 +12,7 @@ Run:
   python studies/ablation.py                                   # six rows x 2 seeds on the demo set
   python studies/ablation.py --dataset mvsa-single --data-root data --preset paper --seeds 5
   python studies/ablation.py --variants mlf,full --seeds 0,1,2
+  python studies/ablation.py --seeds auto --max-seeds 8          # race the seeds
   python studies/ablation.py --smoke-test                      # three tiny trials (CI)
 """
 
@@ -29,6 +30,7 @@ SMOKE_ROWS = ["text-only", "image-only", "full"]
 def main(argv: list[str] | None = None) -> int:
     parser = cli.study_parser(KIND, __doc__)
     parser.add_argument("--variants", help=f"comma-separated rows (default all: {','.join(TABLE3_ROWS)})")
+    cli.add_race_options(parser)
     return cli.main_guard(lambda: run(cli.parse_arguments(parser, argv, KIND)))
 
 
@@ -36,23 +38,35 @@ def run(arguments) -> int:
     # Ray and the trainer are imported once the arguments are parsed.
     from ray import tune
 
+    from studies.race_searcher import print_race, race_tune_config
     from studies.runner import Study, points_space, points_tune_config
 
     cli.refuse_options(arguments, {"--num-samples": "each row runs once per seed; use --seeds"})
     base = cli.base_config(arguments)
-    seeds = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
     rows = SMOKE_ROWS if arguments.smoke_test else list(TABLE3_ROWS)
     if arguments.variants is not None:
         rows = [variant.strip() for variant in arguments.variants.split(",") if variant.strip()]
         unknown = [variant for variant in rows if variant not in TABLE3_ROWS]
         if unknown:
             raise cli.StudyInputError(f"--variants: {unknown} are not Table 3 rows; choose from {TABLE3_ROWS}")
+    race = cli.race_settings(arguments, len(rows))
+    seeds = (
+        list(range(race.max_seeds))
+        if race
+        else cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
+    )
     points = table3_points(base, rows, seeds)
     cli.check_points(base, points, "--variants")
 
     with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
+        elif race:
+            # Seeds raced: the rows are the configurations (each point of a row without its seed).
+            configurations = [{key: value for key, value in point.items() if key != "seed"}
+                              for point in points if point["seed"] == seeds[0]]  # fmt: skip
+            tune_config = race_tune_config(configurations, seeds, race, study.path, arguments.max_concurrent)
+            tuner = tune.Tuner(study.trainable, tune_config=tune_config, run_config=study.run_config())
         else:
             tuner = tune.Tuner(
                 study.trainable,
@@ -62,6 +76,7 @@ def run(arguments) -> int:
                 run_config=study.run_config(),
             )
         tuner.fit()
+        print_race(study.path)
         return study.conclude(table_keys=["model.variant"])
 
 

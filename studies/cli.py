@@ -50,7 +50,11 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: resources)")
     parser.add_argument("--num-samples", type=int, help="number of trials, where the study samples")
-    parser.add_argument("--seeds", help="a count (3 -> seeds 0,1,2) or a list (0,5,9); default 2 (smoke test: 1)")
+    parser.add_argument(
+        "--seeds",
+        help="a count (3 -> seeds 0,1,2) or a list (0,5,9); default 2 (smoke test: 1); where the study has "
+        "--max-seeds, `auto` races seeds (docs/studies.md)",
+    )
     parser.add_argument(
         "--storage-path",
         default=os.environ.get(STORAGE_VARIABLE, DEFAULT_STORAGE),
@@ -135,6 +139,8 @@ def parse_seeds(text: str | None, default_count: int) -> list[int]:
     """--seeds: a count (3 -> 0, 1, 2) or a comma-separated list (0,5,9; a single seed is written `7,`)."""
     if text is None:
         return list(range(default_count))
+    if text == "auto":
+        raise StudyInputError("--seeds auto: this study does not race its seeds; give a count or a list")
     try:
         listed = "," in text
         seeds = [int(part) for part in text.split(",") if part.strip()] if listed else list(range(int(text)))
@@ -143,6 +149,44 @@ def parse_seeds(text: str | None, default_count: int) -> list[int]:
     if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise StudyInputError(f"--seeds {text!r}: need at least one seed, all >= 0 and distinct")
     return seeds
+
+
+def add_race_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a study that can race its seeds (--seeds auto)."""
+    group = parser.add_argument_group(
+        "racing seeds (--seeds auto)",
+        "Every configuration starts on --initial-seeds seeds; after each round, those that a paired t-test "
+        "(Holm-corrected, 5%) separates below the leader are dropped and the others get one more seed, until one "
+        "is left, --max-seeds is reached or the next round would exceed --budget trials.",
+    )
+    group.add_argument("--initial-seeds", type=int, help="seeds of the first round (default 3)")
+    group.add_argument("--max-seeds", type=int, help="the most seeds a configuration runs (default 10)")
+    group.add_argument("--budget", type=int, help="the most trials the race starts (default: no limit)")
+
+
+RACE_OPTIONS = ("--initial-seeds", "--max-seeds", "--budget")
+
+
+def race_settings(arguments: argparse.Namespace, configurations: int):
+    """With --seeds auto, the race's settings, checked against the number of configurations; else None (and the
+    race's options are refused)."""
+    from results.race import DEFAULT_INITIAL_SEEDS, DEFAULT_MAX_SEEDS, RaceError, RaceSettings
+
+    if arguments.seeds != "auto":
+        refuse_options(arguments, {option: "races only; add --seeds auto" for option in RACE_OPTIONS})
+        return None
+    settings = RaceSettings(
+        initial_seeds=DEFAULT_INITIAL_SEEDS if arguments.initial_seeds is None else arguments.initial_seeds,
+        max_seeds=DEFAULT_MAX_SEEDS if arguments.max_seeds is None else arguments.max_seeds,
+        budget=arguments.budget,
+    )
+    try:
+        settings.check(configurations)
+    except RaceError as error:
+        raise StudyInputError(str(error)) from error
+    if configurations < 2:
+        raise StudyInputError("--seeds auto: a race needs at least two configurations; give a seed count instead")
+    return settings
 
 
 def int_list(text: str) -> list[int]:

@@ -11,6 +11,7 @@ overrides a setting of every configuration (e.g. device=cuda).
 
 Run:
   python studies/confirm.py --study runs/tune/layer_sweep-demo-20260101-120000 --top-k 3 --seeds 5
+  python studies/confirm.py --study runs/tune/layer_sweep-demo-20260101-120000 --top-k 4 --seeds auto
   python studies/confirm.py --parent-run 5ad9c4ccf7a349dc99e3b10d905eccc4 --tracking-uri http://mlflow:5000
   python studies/confirm.py --study runs/tune/search-demo-... --smoke-test      # one tiny trial (CI)
 """
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", help="the finished study's Tune folder (<storage>/<name>)")
     parser.add_argument("--parent-run", help="the finished study's MLflow parent run id (at --tracking-uri)")
     parser.add_argument("--top-k", type=int, default=3, help="how many of the best configurations (default 3)")
+    cli.add_race_options(parser)
     return cli.main_guard(lambda: run(parser.parse_args(argv)))
 
 
@@ -45,6 +47,7 @@ def run(arguments) -> int:
     # Ray and the trainer are imported once the arguments are parsed.
     from ray import tune
 
+    from studies.race_searcher import print_race, race_tune_config
     from studies.runner import Study, points_space, points_tune_config
 
     cli.refuse_options(
@@ -65,10 +68,18 @@ def run(arguments) -> int:
         arguments.dataset = plan["base"]["dataset"]
         arguments = cli.resolve_study_arguments(arguments, KIND)
     points = plan["points"]
+    race = cli.race_settings(arguments, len(plan["top"]))
 
     with Study(KIND, arguments, plan["base"], described_space=plan, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
+        elif race:
+            storage.write_json(storage.join(study.path, PLAN_FILE), plan)
+            # Seeds raced over the fresh seeds: the configurations are the points of the first one.
+            configurations = [{key: value for key, value in point.items() if key != "seed"}
+                              for point in points if point["seed"] == plan["seeds"][0]]  # fmt: skip
+            tune_config = race_tune_config(configurations, plan["seeds"], race, study.path, arguments.max_concurrent)
+            tuner = tune.Tuner(study.trainable, tune_config=tune_config, run_config=study.run_config())
         else:
             storage.write_json(storage.join(study.path, PLAN_FILE), plan)
             tuner = tune.Tuner(
@@ -79,6 +90,7 @@ def run(arguments) -> int:
                 run_config=study.run_config(),
             )
         tuner.fit()
+        print_race(study.path)
         # Configurations differ in `varying`; a single one is labelled by a key that all trials share.
         status = study.conclude(table_keys=plan["varying"] or ["dataset"])
         if status in (0, 1):
@@ -144,7 +156,14 @@ def study_trials(arguments) -> list[TrialRecord]:
 
 
 def fresh_seeds(arguments, used: set[int]) -> list[int]:
-    requested = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 3)
+    """--seeds fresh seeds (a race: --max-seeds of them), the smallest ones the study did not use; a given list must
+    be fresh."""
+    if arguments.seeds == "auto":
+        from results.race import DEFAULT_MAX_SEEDS
+
+        requested = list(range(arguments.max_seeds or DEFAULT_MAX_SEEDS))
+    else:
+        requested = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 3)
     if arguments.seeds is not None and "," in arguments.seeds:
         reused = sorted(set(requested) & used)
         if reused:

@@ -11,6 +11,7 @@ Run:
   python studies/layer_sweep.py                      # demo data and preset, a local Ray, MLflow in ./mlflow.db
   python studies/layer_sweep.py --dataset mvsa-single --data-root data --preset paper --seeds 3
   python studies/layer_sweep.py --grid --address auto --storage-path s3://bucket/tune
+  python studies/layer_sweep.py --seeds auto         # race the seeds: drop depths separated below the best
   python studies/layer_sweep.py --smoke-test         # three tiny trials (CI)
   python studies/layer_sweep.py --resume             # continue the latest interrupted sweep
 """
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="every fusion x image combination (6 x 3)")
     parser.add_argument("--fusion-layers", type=cli.int_list, help="fusion depths (default 1-6; smoke: 1,2)")
     parser.add_argument("--image-layers", type=cli.int_list, help="image depths (default 1-3; smoke: 1,2)")
+    cli.add_race_options(parser)
     return cli.main_guard(lambda: run(cli.parse_arguments(parser, argv, KIND)))
 
 
@@ -40,24 +42,32 @@ def run(arguments) -> int:
     # Ray and the trainer are imported once the arguments are parsed.
     from ray import tune
 
+    from studies.race_searcher import print_race, race_tune_config
     from studies.runner import Study, points_space, points_tune_config
 
     cli.refuse_options(arguments, {"--num-samples": "the sweep runs each point once per seed; use --seeds"})
     base = cli.base_config(arguments)
-    seeds = cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
     fusion = arguments.fusion_layers or (SMOKE_LAYERS if arguments.smoke_test else FUSION_LAYERS)
     image = arguments.image_layers or (SMOKE_LAYERS if arguments.smoke_test else IMAGE_LAYERS)
     pairs = layer_pairs(fusion, image, base["model.fusion_layers"], base["model.image_layers"], arguments.grid)
-    points = [
-        {"model.fusion_layers": fusion_layers, "model.image_layers": image_layers, "seed": seed}
-        for fusion_layers, image_layers in pairs
-        for seed in seeds
-    ]
+    configurations = [{"model.fusion_layers": fusion_layers, "model.image_layers": image_layers}
+                      for fusion_layers, image_layers in pairs]  # fmt: skip
+    race = cli.race_settings(arguments, len(configurations))
+    seeds = (
+        list(range(race.max_seeds))
+        if race
+        else cli.parse_seeds(arguments.seeds, default_count=1 if arguments.smoke_test else 2)
+    )
+    points = [{**configuration, "seed": seed} for configuration in configurations for seed in seeds]
     cli.check_points(base, points, "--fusion-layers/--image-layers")
 
     with Study(KIND, arguments, base, {"points": points, "base": base}, question=__doc__) as study:
         if arguments.resume:
             tuner = study.restore()
+        elif race:
+            # Seeds raced: every configuration on the first seeds, then one more seed per round for those left.
+            tune_config = race_tune_config(configurations, seeds, race, study.path, arguments.max_concurrent)
+            tuner = tune.Tuner(study.trainable, tune_config=tune_config, run_config=study.run_config())
         else:
             tuner = tune.Tuner(
                 study.trainable,
@@ -67,6 +77,7 @@ def run(arguments) -> int:
                 run_config=study.run_config(),
             )
         tuner.fit()
+        print_race(study.path)
         return study.conclude(table_keys=LAYER_KEYS)
 
 

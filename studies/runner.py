@@ -336,7 +336,10 @@ class Study:
         assert self.backlog is not None and self.sender is not None
         folders = {storage.REPORT_FOLDER: str(report)} if report else {}
         files = {storage.ANALYSIS_FOLDER: [str(path) for path in analysis_files]} if analysis_files else {}
-        self.backlog.append("study_outputs", texts=outputs, folders=folders, files=files)
+        # A race's race.json (written by its searcher) goes to the parent run with the study's other outputs.
+        race = storage.read_text(storage.join(self.path, storage.RACE_FILE))
+        texts = {**outputs, storage.RACE_FILE: race} if race is not None else outputs
+        self.backlog.append("study_outputs", texts=texts, folders=folders, files=files)
         model = self.log_model(selected, best) if selected is not None and best is not None else None
         if not self.arguments.keep_checkpoints:
             drop_finished_checkpoints(analysis, keep=selected)
