@@ -167,7 +167,7 @@ def assert_one_truth(experiment: Path, log: str, epochs: int = SMOKE_EPOCHS) -> 
     assert f"report demo: {len(trials)} completed and 0 failed trial(s)" in log
     best = json.loads((experiment / storage.BEST_CONFIG_FILE).read_text())
     assert json.loads((experiment / storage.REPORT_FOLDER / "demo" / storage.BEST_CONFIG_FILE).read_text()) == best
-    assert TrainConfig.from_flat_dict(best)
+    assert TrainConfig.from_flat_dict(best["config"]) and best["top_group"]
     assert not (experiment / BACKLOG_FILE).exists()
     return counts
 
@@ -236,10 +236,10 @@ def test_a_driver_killed_between_a_runs_creation_and_its_params_resumes_with_eve
 def test_a_search_whose_driver_is_killed_as_a_trial_starts_resumes_to_one_run_per_trial(
     tmp_path, ray_cluster, small_demo_root, mlflow_server
 ):
-    experiment = tmp_path / "tune" / "searched"
+    experiment = tmp_path / "tune" / "killed-search"
     arguments = [
         "--smoke-test", "--max-concurrent", "1", "--data-root", str(small_demo_root),
-        "--address", ray_cluster.address, "--storage-path", str(tmp_path / "tune"), "--name", "searched",
+        "--address", ray_cluster.address, "--storage-path", str(tmp_path / "tune"), "--name", "killed-search",
         "--tracking-uri", mlflow_server,
     ]  # fmt: skip
     killed = Driver(tmp_path, "search.py", arguments, armed="trial_run_created@2=kill", log_name="killed")
@@ -248,7 +248,7 @@ def test_a_search_whose_driver_is_killed_as_a_trial_starts_resumes_to_one_run_pe
     # The killed driver had started the second trial: it has a folder and a child run.
     assert len(before["runs"]) == 2 and len(before["folders"]) == 2, describe(before)
 
-    resumed = Driver(tmp_path, "search.py", resume_arguments(tmp_path, "searched", ray_cluster.address),
+    resumed = Driver(tmp_path, "search.py", resume_arguments(tmp_path, "killed-search", ray_cluster.address),
                      log_name="resumed")  # fmt: skip
     assert resumed.finish() == 0, resumed.log[-5000:]
     after = assert_one_truth(experiment, resumed.log)
