@@ -25,7 +25,8 @@ from tracking.results.record import RANKING_METRIC, RANKING_MODE
 
 RACE_FILE = storage.RACE_FILE
 # Fault injection for tests of a killed race: the driver exits hard (exit status RACE_EXIT_STATUS) once the race
-# has closed this round and Tune's saved state holds it, before any trial of the next round starts.
+# has closed this round and the study folder holds a state that Tune saved since (Tune saves its state when a trial
+# checkpoints, so that happens during the next round's first trial, which a resume then continues).
 EXIT_AFTER_ROUND_VARIABLE = "CLMLF_RACE_EXIT_AFTER_ROUND"
 RACE_EXIT_STATUS = 75
 
@@ -42,8 +43,10 @@ class RaceSearcher(Searcher):
         self.trials: dict[str, tuple[int, int]] = {}
         self.running: set[str] = set()
         self.max_concurrent = 0
-        # Tune's staging folder of its latest saved state, for the fault injection.
-        self._saved_to: str | None = None
+        # Tune's staging folder on the driver, where it saves its state before copying it to the study folder.
+        self._staging: str | None = None
+        # Whether Tune saved the state since the latest round was closed (for the fault injection).
+        self._saved_since_round = False
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         # The race hands out whole points: there is no space to take, and the metric is always the ranking one.
@@ -55,8 +58,8 @@ class RaceSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self._should_exit():
-            print(f"race: exiting after round {len(self.race.rounds) - 1} ({EXIT_AFTER_ROUND_VARIABLE})", flush=True)
+        if self._exit_due() and self._state_stored():
+            print(f"race: exiting in round {len(self.race.rounds)} ({EXIT_AFTER_ROUND_VARIABLE})", flush=True)
             os._exit(RACE_EXIT_STATUS)
         if self.max_concurrent and len(self.running) >= self.max_concurrent:
             return None
@@ -80,21 +83,34 @@ class RaceSearcher(Searcher):
         rounds, ended = len(self.race.rounds), self.race.finished
         self.race.record(configuration, seed, score, reason)
         if len(self.race.rounds) != rounds or self.race.finished != ended:
+            self._saved_since_round = False
             self.write()
             print(round_line(self.race), flush=True)
 
     def write(self) -> None:
-        storage.write_json(storage.join(self.study_path, RACE_FILE), self.race.to_json())
+        """race.json in the study folder, and in Tune's staging folder: a resumed Tune copies the study folder's JSON
+        files there and later back, which would put an older race.json over a newer one."""
+        state = self.race.to_json()
+        storage.write_json(storage.join(self.study_path, RACE_FILE), state)
+        if self._staging is not None:
+            storage.write_json(str(Path(self._staging, RACE_FILE)), state)
 
-    def _should_exit(self) -> bool:
-        """With EXIT_AFTER_ROUND_VARIABLE=k: round k is closed, the race goes on, and the study folder holds the very
-        state that Tune saved last (so a resume starts exactly there)."""
+    def _exit_due(self) -> bool:
+        """With EXIT_AFTER_ROUND_VARIABLE=k in a local study folder: round k is closed and the race goes on."""
         after = os.environ.get(EXIT_AFTER_ROUND_VARIABLE)
-        if after is None or self.race.finished or len(self.race.rounds) <= int(after) or self._saved_to is None:
+        return (
+            after is not None
+            and not storage.is_remote(self.study_path)
+            and not self.race.finished
+            and len(self.race.rounds) > int(after)
+        )
+
+    def _state_stored(self) -> bool:
+        """Tune saved its state since the round was closed, and the study folder holds that very state (so that a
+        resume starts exactly there)."""
+        if not self._saved_since_round or self._staging is None:
             return False
-        if self.race.rounds[int(after) - 1].number != int(after) or storage.is_remote(self.study_path):
-            return False
-        saved = [path for path in Path(self._saved_to).iterdir() if path.is_file() and not path.name.startswith(".")]
+        saved = [path for path in Path(self._staging).iterdir() if path.is_file() and not path.name.startswith(".")]
         return all(
             Path(self.study_path, path.name).is_file() and filecmp.cmp(path, Path(self.study_path, path.name), False)
             for path in saved
@@ -111,13 +127,15 @@ class RaceSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.get_state(), handle)
-        # Only states saved after the race left the round count for the fault injection.
-        self._saved_to = str(Path(checkpoint_path).parent)
+        self._staging = str(Path(checkpoint_path).parent)
+        self._saved_since_round = True
+        self.write()
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             self.set_state(pickle.load(handle))
-        self._saved_to = None
+        self._staging = str(Path(checkpoint_path).parent)
+        self.write()
 
 
 def round_line(race: Race) -> str:
