@@ -11,8 +11,8 @@ written to the study folder as race.json.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,15 +125,14 @@ class RaceSearcher(Searcher):
         self.running = set(state["running"])
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.get_state(), handle)
+        # JSON, not pickle: the study folder is shared storage, and a resume must not run what a file says.
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
         self._staging = str(Path(checkpoint_path).parent)
         self._saved_since_round = True
         self.write()
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.set_state(pickle.load(handle))
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
         self._staging = str(Path(checkpoint_path).parent)
         self.write()
 
@@ -197,3 +196,8 @@ def print_race(study_path: str) -> None:
         print(f"  {missing} trial(s) came back without a score (failed), counted as missing", file=sys.stderr)
     if race.finished:
         print(f"  top group: {'; '.join(describe(race.configurations[index]) for index in race.top_group)}")
+        print(
+            "  (the race's decision, test by test as the rounds went; the table below compares each configuration "
+            "with the best once more on all the seeds it ran, where one dropped early has few seeds and its test "
+            "little power)"
+        )

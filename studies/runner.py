@@ -319,6 +319,14 @@ class Study:
             storage.COMPARISON_FILE: json.dumps(comparison.to_json(), indent=2) + "\n",
         }
         best_config = best_config_document(ranking)
+        race_state = storage.read_json_object(storage.join(self.path, storage.RACE_FILE))
+        if best_config is not None and race_state is not None and race_state.get("top_group") is not None:
+            # A race's own top group: the configurations it kept to its end (its drops are in race.json).
+            best_config["race"] = {
+                "top_group": [race_state["configurations"][index] for index in race_state["top_group"]],
+                "ended": race_state["ended"],
+                "trials": race_state["trials_started"],
+            }
         if best_config is not None:
             outputs[storage.BEST_CONFIG_FILE] = json.dumps(best_config, indent=2, default=str) + "\n"
         for name, text in outputs.items():

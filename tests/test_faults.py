@@ -245,8 +245,10 @@ def test_a_search_whose_driver_is_killed_as_a_trial_starts_resumes_to_one_run_pe
     killed = Driver(tmp_path, "search.py", arguments, armed="trial_run_created@2=kill", log_name="killed")
     assert killed.finish() == -signal.SIGKILL, killed.log[-5000:]
     before = study_counts(experiment)
-    # The killed driver had started the second trial: it has a folder and a child run.
-    assert len(before["runs"]) == 2 and len(before["folders"]) == 2, describe(before)
+    # The killed driver had started the second trial: its child run exists, without params; Tune may or may not have
+    # made its folder yet (that depends on the worker, not on the driver).
+    assert len(before["runs"]) == 2 and len(before["folders"]) in (1, 2), describe(before)
+    assert sorted(run["params"] for run in before["runs"]) == [0, PARAMS_PER_RUN], describe(before)
 
     resumed = Driver(tmp_path, "search.py", resume_arguments(tmp_path, "killed-search", ray_cluster.address),
                      log_name="resumed")  # fmt: skip

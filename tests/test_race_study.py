@@ -141,3 +141,7 @@ def test_a_race_whose_driver_exits_after_a_round_resumes_there_one_trial_at_a_ti
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(intervals))
     page = next((experiment / storage.REPORT_FOLDER).glob("*/report.html")).read_text()
     assert "Racing seeds" in page and f"{race['trials_started']} trial(s) in 2 round(s)" in page
+    # best_config.json names the race's own top group beside the comparison's.
+    best = json.loads((experiment / storage.BEST_CONFIG_FILE).read_text())
+    assert best["race"]["top_group"] == [race["configurations"][index] for index in race["top_group"]]
+    assert best["race"]["trials"] == race["trials_started"] and "the race's decision" in printed
