@@ -121,6 +121,7 @@ def crafted_checkpoint(path: Path, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # the storage type torch's own loader builds
 def test_the_payload_runs_under_an_unrestricted_load(tmp_path: Path) -> None:
     # What the refusals below prevent: the checkpoint's pickle, unpickled without restriction (as torch.load does
     # without weights_only), runs the command.
