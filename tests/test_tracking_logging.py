@@ -356,3 +356,22 @@ def test_a_standalone_training_run_is_logged_like_a_trial(tmp_path, mlflow_serve
     assert sorted(steps) == list(range(SMOKE_EPOCHS))
     assert artifact_names(client, run.info.run_id) >= CHILD_ARTIFACTS
     assert json.loads((Path(output) / train_run.RUN_FILE).read_text())["run_id"] == run.info.run_id
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_it_wherever_the_run_started(tmp_path, monkeypatch, clmlf_cache_dir):
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    overrides = [f"--set={key}={value}" for key, value in cli.SMOKE_OVERRIDES.items()]
+    assert (
+        train_run.main(["--preset", "tiny", *overrides, "--output", str(tmp_path / "run"), "--tracking-uri", uri]) == 0
+    )
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("clmlf/standalone/demo")
+    assert experiment.artifact_location == (store / "mlruns" / "clmlf" / "standalone" / "demo").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    logged = store / "mlruns" / "clmlf" / "standalone" / "demo" / run.info.run_id / "artifacts"
+    assert {path.name for path in logged.iterdir()} >= CHILD_ARTIFACTS
+    assert list(elsewhere.iterdir()) == []

@@ -45,7 +45,7 @@ from results.record import (
 )
 from results.storage import hide_password
 from tracking.run_artifacts import classification_report, confusion_matrix_figure, label_names_of
-from tracking.uri import TrackingUnavailable
+from tracking.uri import TrackingUnavailable, local_artifact_location
 
 # The trainer namespaces every metric; Tune's own bookkeeping keys (time_total_s, pid, ...) are not logged.
 TRAINER_METRIC_PREFIXES = ("train/", "lr/", "dev/", "test/", "selected/")
@@ -133,7 +133,9 @@ def ensure_experiment(client: MlflowClient, name: str, description: str) -> str:
     """The experiment (created, or restored if deleted), marked as one of training runs and described."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        experiment_id = client.create_experiment(name)
+        experiment_id = client.create_experiment(
+            name, artifact_location=local_artifact_location(client.tracking_uri, name)
+        )
     else:
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":

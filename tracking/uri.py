@@ -32,6 +32,17 @@ def local_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def local_artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    """Where a new experiment of a SQLite store without a server keeps its artifacts: `mlruns/<experiment name>`
+    beside the database file. MLflow's own default, ./mlruns of whichever folder the creating process ran in, would
+    part a store from its artifacts whenever a study runs elsewhere than the database. None for other stores (a
+    server has its own artifact root)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+    return (database.parent / "mlruns" / experiment_name).as_uri()
+
+
 def resolve_tracking_uri(flag: str | None = None) -> str:
     """--tracking-uri, else $CLMLF_TRACKING_URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db."""
     return setting(flag, TRACKING_URI_VARIABLES, None) or local_tracking_uri()
