@@ -152,7 +152,7 @@ def sweep(name: str, workspace: Path, data_root: Path, small: bool, extra: list[
     command = [
         sys.executable, str(ROOT / "studies" / "layer_sweep.py"),
         "--dataset", "demo", "--data-root", str(data_root), "--preset", "tiny" if small else "paper",
-        "--image-layers", "1", "--seeds", "1",
+        "--image-layers", "1", "--seeds", "1", "--no-analyses",
         "--storage-path", str(workspace / "tune"), "--name", name,
         "--tracking-uri", f"sqlite:///{workspace / 'mlflow.db'}",
         *(argument for setting in settings for argument in ("--set", setting)), *extra,

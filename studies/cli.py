@@ -71,6 +71,12 @@ def study_parser(kind: str, docstring: str) -> argparse.ArgumentParser:
         action="store_true",
         help="keep every finished trial's checkpoints (the best model's is kept and logged to MLflow anyway)",
     )
+    parser.add_argument(
+        "--no-analyses",
+        action="store_true",
+        help="do not draw the best model's analyses at the end (they train a text-only counterpart on the driver); "
+        "`python -m analyses <study folder>` draws them later",
+    )
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting for every trial (repeatable)"

@@ -339,7 +339,13 @@ class Study:
         selected = selected_checkpoint(analysis, best.trial_id) if best is not None else None
         outputs_folder = local_outputs_folder(self.path, self.parent.study_name)
         analysis_folder = outputs_folder / storage.ANALYSIS_FOLDER
-        analysis_files = guarded("the best model's analyses were not drawn", draw_analyses, selected, analysis_folder)
+        if self.arguments.no_analyses:
+            print(f"analysis: not drawn (--no-analyses); draw it with: python -m analyses {self.path}")
+            analysis_files = None
+        else:
+            analysis_files = guarded(
+                "the best model's analyses were not drawn", draw_analyses, selected, analysis_folder
+            )
         report = export_report(outputs_folder / storage.REPORT_FOLDER, self.parent, analysis_folder, self.path)
         assert self.backlog is not None and self.sender is not None
         folders = {storage.REPORT_FOLDER: str(report)} if report else {}
