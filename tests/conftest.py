@@ -19,10 +19,14 @@ real MLflow tracking server. Both are session-scoped, since starting them costs 
 - `smoke_search`: the smoke search as a user starts it, `python studies/search.py --smoke-test` in a subprocess
   whose environment alone names the MLflow server (MLFLOW_TRACKING_URI) and the Ray cluster (RAY_ADDRESS); its
   Optuna study stored by default, its printed output kept.
+- `study_arguments`, `read_trials_csv`, `result_rows`: a smoke study's command line in a test's folder, and what
+  its study folder holds.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import socket
@@ -39,6 +43,29 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 120
+
+
+def study_arguments(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    """A smoke study named `name` under `tmp_path` with its own SQLite MLflow store. Without the best model's
+    analyses, which train a counterpart at the end: the tests of the analyses and the report draw their own."""
+    return [
+        "--smoke-test", "--no-analyses",
+        "--storage-path", str(tmp_path / "tune"),
+        "--name", name,
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+    ]  # fmt: skip
+
+
+def read_trials_csv(experiment: Path) -> list[dict[str, str]]:
+    from results import storage
+
+    with (experiment / storage.TRIALS_FILE).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def result_rows(trial_folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")

@@ -222,7 +222,7 @@ def test_smoke_sweep_on_a_local_cluster_finishes_every_trial_when_a_gpu_worker_d
         experiment = storage / STUDY_NAME
         study_command = [
             sys.executable, str(PROJECT_ROOT / "studies" / "layer_sweep.py"),
-            "--smoke-test",
+            "--smoke-test", "--no-analyses",
             "--address", "auto",
             "--gpus-per-trial", "1",
             "--tracking-uri", tracking_uri,

@@ -5,7 +5,6 @@ run may be left RUNNING, no trial folder may be orphaned, and the report, best_c
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -14,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
-from conftest import MlflowServer
+from conftest import MlflowServer, read_trials_csv, result_rows
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
@@ -98,15 +98,6 @@ def sweep_arguments(tmp_path: Path, name: str, tracking_uri: str, address: str, 
 
 def resume_arguments(tmp_path: Path, name: str, address: str) -> list[str]:
     return ["--resume", "--name", name, "--storage-path", str(tmp_path / "tune"), "--address", address]
-
-
-def result_rows(trial_folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines() if line.strip()]
-
-
-def read_trials_csv(experiment: Path) -> list[dict[str, str]]:
-    with (experiment / storage.TRIALS_FILE).open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def study_counts(experiment: Path) -> dict:
@@ -219,7 +210,8 @@ def test_a_driver_killed_between_a_runs_creation_and_its_params_resumes_with_eve
     tmp_path, ray_cluster, small_demo_root, mlflow_server
 ):
     experiment = tmp_path / "tune" / "params"
-    arguments = sweep_arguments(tmp_path, "params", mlflow_server, ray_cluster.address, small_demo_root)
+    sweep = sweep_arguments(tmp_path, "params", mlflow_server, ray_cluster.address, small_demo_root)
+    arguments = [*sweep, "--no-analyses"]
     killed = Driver(tmp_path, "layer_sweep.py", arguments, armed="trial_run_created@2=kill", log_name="killed")
     assert killed.finish() == -signal.SIGKILL, killed.log[-5000:]
     # The second trial's run exists without its params.
@@ -238,7 +230,7 @@ def test_a_search_whose_driver_is_killed_as_a_trial_starts_resumes_to_one_run_pe
 ):
     experiment = tmp_path / "tune" / "killed-search"
     arguments = [
-        "--smoke-test", "--max-concurrent", "1", "--data-root", str(small_demo_root),
+        "--smoke-test", "--no-analyses", "--max-concurrent", "1", "--data-root", str(small_demo_root),
         "--address", ray_cluster.address, "--storage-path", str(tmp_path / "tune"), "--name", "killed-search",
         "--tracking-uri", mlflow_server,
     ]  # fmt: skip
@@ -249,9 +241,29 @@ def test_a_search_whose_driver_is_killed_as_a_trial_starts_resumes_to_one_run_pe
     # made its folder yet (that depends on the worker, not on the driver).
     assert len(before["runs"]) == 2 and len(before["folders"]) in (1, 2), describe(before)
     assert sorted(run["params"] for run in before["runs"]) == [0, PARAMS_PER_RUN], describe(before)
+    # What Tune had saved as finished when the driver was killed (the second trial may have reported by then).
+    finished = {
+        f"trial_{trial_id}": result_rows(experiment / f"trial_{trial_id}")
+        for trial_id, status in before["tune_trials"].items() if status == "TERMINATED"
+    }  # fmt: skip
+    assert finished and all(len(rows) == SMOKE_EPOCHS for rows in finished.values()), describe(before)
 
     resumed = Driver(tmp_path, "search.py", resume_arguments(tmp_path, "killed-search", ray_cluster.address),
                      log_name="resumed")  # fmt: skip
     assert resumed.finish() == 0, resumed.log[-5000:]
     after = assert_one_truth(experiment, resumed.log)
     assert len(after["tune_trials"]) == 3
+    # The finished trial was not run again.
+    for name, rows in finished.items():
+        assert result_rows(experiment / name) == rows
+    # The stored Optuna study went on with the searcher: one completed trial per Tune trial with its score, none left
+    # running (a trial the killed driver asked for and never ran is marked failed).
+    study = optuna.load_study(study_name="killed-search", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    completed = [trial.value for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    scores = [float(row["selected/dev/score"]) for row in read_trials_csv(experiment)]
+    assert sorted(completed) == pytest.approx(sorted(scores))
+    assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
+    # Finished trials need no checkpoint once the study is over, but for the best model's.
+    parent = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())
+    best_trial = MlflowClient(mlflow_server).get_run(parent["parent_run_id"]).data.tags["clmlf.best_trial_id"]
+    assert [path.parent.name for path in experiment.glob("trial_*/checkpoint_*")] == [f"trial_{best_trial}"]

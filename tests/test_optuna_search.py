@@ -110,7 +110,7 @@ def test_tpe_runs_multivariate_with_the_constant_liar(smoke_search: FinishedStud
 @pytest.mark.slow
 def test_a_warm_start_seeds_a_new_search_with_the_finished_trials(smoke_search, ray_cluster, tmp_path) -> None:
     arguments = [
-        "--smoke-test", "--num-samples", "1",
+        "--smoke-test", "--no-analyses", "--num-samples", "1",
         "--address", ray_cluster.address,
         "--storage-path", str(tmp_path / "tune"), "--name", "warm",
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -4,7 +4,6 @@ whose failing configuration leaves it, and a race whose driver exits after a rou
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import os
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_trials_csv, result_rows, study_arguments
 
 from results import storage
 from results.race import MAX_SEEDS, ONE_LEFT
@@ -20,25 +20,6 @@ from studies import ablation, layer_sweep
 from studies.race_searcher import EXIT_AFTER_ROUND_VARIABLE, RACE_EXIT_STATUS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def study_arguments(tmp_path: Path, name: str, *extra: str) -> list[str]:
-    return [
-        "--smoke-test",
-        "--storage-path", str(tmp_path / "tune"),
-        "--name", name,
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        *extra,
-    ]  # fmt: skip
-
-
-def read_trials_csv(experiment: Path) -> list[dict[str, str]]:
-    with (experiment / storage.TRIALS_FILE).open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def result_rows(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize(
@@ -86,6 +67,13 @@ def test_a_configuration_whose_every_trial_fails_leaves_the_race_and_the_race_en
     assert "Racing seeds" in page and "no trial succeeded" not in page and "2 trial(s) failed" in page
 
 
+def started_seed(trial_folder: Path) -> int | None:
+    # The driver may exit while Tune writes the next trial's params.json: that trial has no seed on disk yet.
+    params = trial_folder / "params.json"
+    text = params.read_text() if params.is_file() else ""
+    return int(json.loads(text)["seed"]) if text.strip() else None
+
+
 @pytest.mark.slow
 def test_a_race_whose_driver_exits_after_a_round_resumes_there_one_trial_at_a_time(tmp_path, ray_cluster):
     # Three configurations on 2 initial seeds, at most 3: the driver exits once round 1 is closed and Tune saved its
@@ -106,11 +94,7 @@ def test_a_race_whose_driver_exits_after_a_round_resumes_there_one_trial_at_a_ti
     assert first.returncode == RACE_EXIT_STATUS, first.stdout[-3000:] + first.stderr[-3000:]
     before = json.loads((experiment / storage.RACE_FILE).read_text())
     assert [round_["number"] for round_ in before["rounds"]] == [1, 2] and before["ended"] is None
-    round_one_trials = [
-        path for path in experiment.glob("trial_*")
-        if (path / "result.json").is_file() and int(json.loads((path / "params.json").read_text())["seed"]) < 2
-    ]  # fmt: skip
-    round_one = {path.name: result_rows(path) for path in round_one_trials}
+    round_one = {path.name: result_rows(path) for path in experiment.glob("trial_*") if started_seed(path) in (0, 1)}
     assert len(round_one) == 6
 
     resumed = subprocess.run(
@@ -141,6 +125,9 @@ def test_a_race_whose_driver_exits_after_a_round_resumes_there_one_trial_at_a_ti
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(intervals))
     page = next((experiment / storage.REPORT_FOLDER).glob("*/report.html")).read_text()
     assert "Racing seeds" in page and f"{race['trials_started']} trial(s) in 2 round(s)" in page
+    # --no-analyses was saved with the study: the resumed driver drew none either, and the page says how to.
+    assert f"analysis: not drawn (--no-analyses); draw it with: python -m analyses {experiment}" in printed
+    assert not (experiment / storage.ANALYSIS_FOLDER).exists() and "Not drawn" in page
     # best_config.json names the race's own top group beside the comparison's.
     best = json.loads((experiment / storage.BEST_CONFIG_FILE).read_text())
     assert best["race"]["top_group"] == [race["configurations"][index] for index in race["top_group"]]

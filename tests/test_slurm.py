@@ -245,7 +245,9 @@ def test_the_batch_script_runs_a_study_on_two_nodes_with_its_own_mlflow(slurm, t
         "CLMLF_LOCAL_DIR": str(local_folder),
         "CLMLF_RAY_TEMP_DIR": str(ray_temp_dir),
     }
-    returncode, output = submit(slurm, tmp_path, variables, str(study), "--smoke-test", "--name", "slurm-sweep")
+    returncode, output = submit(
+        slurm, tmp_path, variables, str(study), "--smoke-test", "--no-analyses", "--name", "slurm-sweep"
+    )
     assert returncode == 0, output
     assert "Ray cluster ready: 2 nodes" in output
     assert "'GPU': 2.0" in output, "SLURM's GPUs did not reach Ray"

@@ -4,24 +4,19 @@ input refused before Ray starts."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import ray
 import torch
-from conftest import start_logged, stop_process_group
-from mlflow.tracking import MlflowClient
-from ray.tune import ExperimentAnalysis
+from conftest import read_trials_csv, result_rows, start_logged, stop_process_group, study_arguments
 
 from clmlf.config import TrainConfig, build_config, load_config_file
 from results import storage
@@ -33,28 +28,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_EPOCHS = cli.SMOKE_OVERRIDES["frozen_text_epochs"] + cli.SMOKE_OVERRIDES["finetune_epochs"]
 
 
-def study_arguments(tmp_path: Path, name: str, *extra: str) -> list[str]:
-    return [
-        "--smoke-test",
-        "--storage-path", str(tmp_path / "tune"),
-        "--name", name,
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        *extra,
-    ]  # fmt: skip
-
-
-def result_rows(trial_dir: Path) -> list[dict]:
-    lines = (trial_dir / "result.json").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def trial_dirs(experiment: Path) -> list[Path]:
     return sorted(path for path in experiment.glob("trial_*") if path.is_dir())
-
-
-def read_trials_csv(experiment: Path) -> list[dict[str, str]]:
-    with (experiment / storage.TRIALS_FILE).open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def parent_run_id(experiment: Path) -> str:
@@ -375,73 +350,6 @@ def test_a_final_error_fails_its_trial_once_and_a_killed_worker_is_retried(tmp_p
         assert trial.error == logged[trial.trial_id].error
     failed_record = logged[rows["image-only"]["trial_id"]]
     assert "/nonexistent/weights.pth" in failed_record.failure and "Failure #" not in failed_record.failure
-
-
-def experiment_statuses(experiment: Path) -> dict[str, str]:
-    """Trial id -> status in Tune's newest saved experiment state (empty until Tune saved one)."""
-    try:
-        return {trial.trial_id: trial.status for trial in ExperimentAnalysis(str(experiment)).trials}
-    except Exception:  # none saved yet (ValueError), or the driver is writing it right now
-        return {}
-
-
-@pytest.mark.slow
-def test_a_killed_study_resumes_without_repeating_finished_trials(tmp_path, ray_cluster):
-    # The search: its state lives in Tune's searcher and in its stored Optuna study, both of which must resume.
-    arguments = study_arguments(tmp_path, "resumable", "--address", ray_cluster.address, "--max-concurrent", "1")
-    script = str(PROJECT_ROOT / "studies" / "search.py")
-    experiment = tmp_path / "tune" / "resumable"
-    with (tmp_path / "first.log").open("w") as log:
-        driver = subprocess.Popen([sys.executable, script, *arguments], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and driver.poll() is None:
-            if "TERMINATED" in experiment_statuses(experiment).values():
-                break
-            time.sleep(0.2)
-        assert driver.poll() is None, f"the study ended before it was killed:\n{(tmp_path / 'first.log').read_text()}"
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    finished = {trial_id for trial_id, status in experiment_statuses(experiment).items() if status == "TERMINATED"}
-    assert 1 <= len(finished) < 3
-    finished_results = {trial_id: result_rows(experiment / f"trial_{trial_id}") for trial_id in finished}
-
-    resumed = subprocess.run(
-        [sys.executable, script, "--resume", "--name", "resumable", "--storage-path", str(tmp_path / "tune"),
-         "--address", ray_cluster.address],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-
-    rows = read_trials_csv(experiment)
-    assert sorted(row["trial_id"] for row in rows) == sorted(experiment_statuses(experiment))
-    assert len(rows) == 3 and {row["status"] for row in rows} == {"TERMINATED"}
-    # Finished trials need no checkpoint once the study is over, but for the best model's.
-    best = json.loads((experiment / storage.PARENT_RUN_FILE).read_text())
-    best_trial = MlflowClient(best["tracking_uri"]).get_run(best["parent_run_id"]).data.tags["clmlf.best_trial_id"]
-    assert [path.parent.name for path in experiment.glob("trial_*/checkpoint_*")] == [f"trial_{best_trial}"]
-    # The stored Optuna study went on with the searcher: one completed trial per Tune trial, none left running (a
-    # trial asked for by the killed driver that never ran is marked failed).
-    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    assert sorted(trial.value for trial in completed) == pytest.approx(
-        sorted(float(row["selected/dev/score"]) for row in rows)
-    )
-    assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
-    for trial_id, results in finished_results.items():
-        assert result_rows(experiment / f"trial_{trial_id}") == results
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", parent_run_id(experiment))
-    assert sorted(run.data.tags["clmlf.trial_id"] for run in runs) == sorted(row["trial_id"] for row in rows)
-    for run in runs:
-        assert run.info.status == "FINISHED"
-        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(SMOKE_EPOCHS))
-    assert client.get_run(parent_run_id(experiment)).info.status == "FINISHED"
-    assert TrainConfig.from_flat_dict(json.loads((experiment / storage.BEST_CONFIG_FILE).read_text())["config"])
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def one_cpu_cluster(clmlf_cache_dir, monkeypatch) -> str:
 def test_a_reused_worker_returns_to_its_baseline_between_trials(tmp_path, one_cpu_cluster):
     arguments = [
         "--address", one_cpu_cluster,
-        "--smoke-test",
+        "--smoke-test", "--no-analyses",
         "--fusion-layers", f"1-{TRIALS}",
         "--image-layers", "1",
         "--seeds", "1",
