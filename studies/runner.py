@@ -32,6 +32,7 @@ from ray import tune
 from results import optuna_study, storage
 from results.comparison import estimate_text, run_summary, top_group_text
 from results.optuna_study import STORAGE_TAG, STUDY_TAG, StoredStudy
+from results.race import Race
 from results.ranking import Ranking, best_config_document, rank
 from results.record import RANKING_METRIC, TrialRecord, describe_values, trials_frame
 from results.storage import hide_password
@@ -319,13 +320,16 @@ class Study:
             storage.COMPARISON_FILE: json.dumps(comparison.to_json(), indent=2) + "\n",
         }
         best_config = best_config_document(ranking)
-        race_state = storage.read_json_object(storage.join(self.path, storage.RACE_FILE))
-        if best_config is not None and race_state is not None and race_state.get("top_group") is not None:
-            # A race's own top group: the configurations it kept to its end (its drops are in race.json).
+        # A race's race.json (written by its searcher): its own top group goes into best_config.json, the file itself
+        # to the parent run with the study's other outputs.
+        race_text = storage.read_text(storage.join(self.path, storage.RACE_FILE))
+        race = Race.from_json(json.loads(race_text)) if race_text is not None else None
+        if best_config is not None and race is not None and race.finished:
+            # The configurations the race kept to its end (its drops are in race.json).
             best_config["race"] = {
-                "top_group": [race_state["configurations"][index] for index in race_state["top_group"]],
-                "ended": race_state["ended"],
-                "trials": race_state["trials_started"],
+                "top_group": [race.configurations[index] for index in race.top_group],
+                "ended": race.ended,
+                "trials": race.started,
             }
         if best_config is not None:
             outputs[storage.BEST_CONFIG_FILE] = json.dumps(best_config, indent=2, default=str) + "\n"
@@ -350,9 +354,7 @@ class Study:
         assert self.backlog is not None and self.sender is not None
         folders = {storage.REPORT_FOLDER: str(report)} if report else {}
         files = {storage.ANALYSIS_FOLDER: [str(path) for path in analysis_files]} if analysis_files else {}
-        # A race's race.json (written by its searcher) goes to the parent run with the study's other outputs.
-        race = storage.read_text(storage.join(self.path, storage.RACE_FILE))
-        texts = {**outputs, storage.RACE_FILE: race} if race is not None else outputs
+        texts = {**outputs, storage.RACE_FILE: race_text} if race_text is not None else outputs
         self.backlog.append("study_outputs", texts=texts, folders=folders, files=files)
         model = self.log_model(selected, best) if selected is not None and best is not None else None
         if not self.arguments.keep_checkpoints:

@@ -87,12 +87,14 @@ class Driver:
             self.process.wait(timeout=30)
 
 
-def sweep_arguments(tmp_path: Path, name: str, tracking_uri: str, address: str, data_root: Path) -> list[str]:
+def sweep_arguments(
+    tmp_path: Path, name: str, tracking_uri: str, address: str, data_root: Path, *extra: str
+) -> list[str]:
     """The smoke layer sweep's two quick trials on the small demo set."""
     return [
         "--smoke-test", "--fusion-layers", "1,2", "--image-layers", "1", "--seeds", "1",
         "--data-root", str(data_root), "--address", address,
-        "--storage-path", str(tmp_path / "tune"), "--name", name, "--tracking-uri", tracking_uri,
+        "--storage-path", str(tmp_path / "tune"), "--name", name, "--tracking-uri", tracking_uri, *extra,
     ]  # fmt: skip
 
 
@@ -210,8 +212,9 @@ def test_a_driver_killed_between_a_runs_creation_and_its_params_resumes_with_eve
     tmp_path, ray_cluster, small_demo_root, mlflow_server
 ):
     experiment = tmp_path / "tune" / "params"
-    sweep = sweep_arguments(tmp_path, "params", mlflow_server, ray_cluster.address, small_demo_root)
-    arguments = [*sweep, "--no-analyses"]
+    arguments = sweep_arguments(
+        tmp_path, "params", mlflow_server, ray_cluster.address, small_demo_root, "--no-analyses"
+    )
     killed = Driver(tmp_path, "layer_sweep.py", arguments, armed="trial_run_created@2=kill", log_name="killed")
     assert killed.finish() == -signal.SIGKILL, killed.log[-5000:]
     # The second trial's run exists without its params.
@@ -253,7 +256,7 @@ def test_a_search_whose_driver_is_killed_as_a_trial_starts_resumes_to_one_run_pe
     assert resumed.finish() == 0, resumed.log[-5000:]
     after = assert_one_truth(experiment, resumed.log)
     assert len(after["tune_trials"]) == 3
-    # The finished trial was not run again.
+    # The finished trials were not run again.
     for name, rows in finished.items():
         assert result_rows(experiment / name) == rows
     # The stored Optuna study went on with the searcher: one completed trial per Tune trial with its score, none left

@@ -370,8 +370,8 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_it_wherever_the_run_started(t
     )
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("clmlf/standalone/demo")
-    assert experiment.artifact_location == (store / "mlruns" / "clmlf" / "standalone" / "demo").as_uri()
+    beside = store / "mlruns" / "clmlf" / "standalone" / "demo"
+    assert experiment.artifact_location == beside.as_uri()
     (run,) = client.search_runs([experiment.experiment_id])
-    logged = store / "mlruns" / "clmlf" / "standalone" / "demo" / run.info.run_id / "artifacts"
-    assert {path.name for path in logged.iterdir()} >= CHILD_ARTIFACTS
+    assert {path.name for path in (beside / run.info.run_id / "artifacts").iterdir()} >= CHILD_ARTIFACTS
     assert list(elsewhere.iterdir()) == []
